@@ -54,3 +54,37 @@ class ConfigMixin:
 
 def _to_json_value(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig(ConfigMixin):
+    """Fields every family shares; the shared core reads only these."""
+
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    mlp_dim: int = 3072
+    activation: str = "gelu"
+    dropout: float = 0.1  # residual, MLP and embedding dropout
+    attention_dropout: float = 0.0  # DropKey: keys dropped before the softmax, so the fused kernel stays on
+    layer_norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    dtype: str = "float32"  # compute dtype; parameters stay float32
+    attention_implementation: str | None = None  # None lets JAX choose; "cudnn" for the fused GPU kernel
+
+    def __post_init__(self):
+        from flaxen.core.activations import canonical_name
+
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        for name in ("hidden_size", "num_layers", "num_heads", "mlp_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        canonical_name(self.activation)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads

@@ -1,0 +1,72 @@
+"""The transformer block, pre-LN (GPT, ViT) or post-LN (BERT)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from flaxen.core.activations import Activation
+from flaxen.core.attention import MultiHeadAttention
+from flaxen.core.config import TransformerConfig
+
+
+class MLP(nnx.Module):
+    """Linear -> activation -> Linear."""
+
+    def __init__(self, config: TransformerConfig, *, kernel_init, out_kernel_init, rngs: nnx.Rngs):
+        dtype = jnp.dtype(config.dtype)
+        self.fc_in = nnx.Linear(config.hidden_size, config.mlp_dim, kernel_init=kernel_init, dtype=dtype, rngs=rngs)
+        self.activation = Activation(config.activation, config.mlp_dim)
+        self.fc_out = nnx.Linear(config.mlp_dim, config.hidden_size, kernel_init=out_kernel_init, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+        return self.fc_out(self.activation(self.fc_in(x), rngs=rngs))
+
+
+class TransformerBlock(nnx.Module):
+    """Attention and MLP sublayers with residuals; `norm_first` picks pre-LN, otherwise post-LN."""
+
+    def __init__(self, config: TransformerConfig, *, norm_first: bool, kernel_init, out_kernel_init, rngs: nnx.Rngs):
+        self.norm_first = norm_first
+        norm = lambda: nnx.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps, dtype=jnp.dtype(config.dtype), rngs=rngs)
+        self.attention_norm = norm()
+        self.attention = MultiHeadAttention(config, kernel_init=kernel_init, out_kernel_init=out_kernel_init, rngs=rngs)
+        self.mlp_norm = norm()
+        self.mlp = MLP(config, kernel_init=kernel_init, out_kernel_init=out_kernel_init, rngs=rngs)
+        self.dropout = nnx.Dropout(config.dropout)
+
+    def __call__(
+        self, x: jax.Array, *, mask: jax.Array | None = None, is_causal: bool = False, rngs: nnx.Rngs | None = None
+    ) -> jax.Array:
+        attend = lambda h: self.attention(h, mask=mask, is_causal=is_causal, rngs=rngs)
+        if self.norm_first:
+            x = x + self.dropout(attend(self.attention_norm(x)), rngs=rngs)
+            return x + self.dropout(self.mlp(self.mlp_norm(x), rngs=rngs), rngs=rngs)
+        x = self.attention_norm(x + self.dropout(attend(x), rngs=rngs))
+        return self.mlp_norm(x + self.dropout(self.mlp(x, rngs=rngs), rngs=rngs))
+
+
+class TransformerStack(nnx.Module):
+    """`num_layers` blocks applied in order; optionally returns every layer's output for inspection."""
+
+    def __init__(self, config: TransformerConfig, *, norm_first: bool, kernel_init, out_kernel_init, rngs: nnx.Rngs):
+        self.blocks = nnx.List(
+            TransformerBlock(config, norm_first=norm_first, kernel_init=kernel_init, out_kernel_init=out_kernel_init, rngs=rngs)
+            for _ in range(config.num_layers)
+        )
+
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        mask: jax.Array | None = None,
+        is_causal: bool = False,
+        rngs: nnx.Rngs | None = None,
+        return_hidden_states: bool = False,
+    ) -> jax.Array | tuple[jax.Array, list[jax.Array]]:
+        hidden_states = [x]
+        for block in self.blocks:
+            x = block(x, mask=mask, is_causal=is_causal, rngs=rngs)
+            hidden_states.append(x)
+        return (x, hidden_states) if return_hidden_states else x

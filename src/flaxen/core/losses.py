@@ -1,0 +1,35 @@
+"""Losses, computed in float32 and stable for extreme logits."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+    """Mean softmax cross-entropy over integer labels; with `weights`, a weighted mean (weights 0 = ignored)."""
+    per_item = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    return weighted_mean(per_item, weights)
+
+
+def accuracy(logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+    """Fraction (weighted) of argmax predictions equal to the labels."""
+    return weighted_mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32), weights)
+
+
+def weighted_mean(values: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+    """Mean of `values`; with weights, sum(w * v) / sum(w), and 0 when every weight is 0."""
+    if weights is None:
+        return jnp.mean(values)
+    weights = weights.astype(jnp.float32)
+    return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1e-9)
+
+
+def position_weights(batch: dict[str, jax.Array], *, padding_mask: jax.Array | None) -> jax.Array | None:
+    """(B, T) weights for scoring: the padding mask times the per-row `weights` an evaluation batch may carry."""
+    row_weights = batch.get("weights")
+    if row_weights is None:
+        return padding_mask
+    row_weights = row_weights.astype(jnp.float32)[:, None]
+    return row_weights if padding_mask is None else row_weights * padding_mask

@@ -1,0 +1,1 @@
+"""Model families: each a folder with `modeling.py` (config, backbone, heads)."""

@@ -1,0 +1,169 @@
+"""BERT: a post-LN bidirectional encoder with token-type embeddings and a tanh pooler on [CLS]."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from flaxen.core import Activation, PositionEmbedding, TransformerConfig, TransformerStack, as_rngs, masks
+from flaxen.core.losses import accuracy, cross_entropy
+from flaxen.core.mlm import mask_tokens
+from flaxen.core.validation import check_same_shape, check_token_ids
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig(TransformerConfig):
+    vocab_size: int = 30522
+    max_positions: int = 512
+    type_vocab_size: int = 2
+    num_labels: int = 2  # used by BertForSequenceClassification
+    layer_norm_eps: float = 1e-12
+    # Token ids MLM needs; the defaults are flaxen's WordPiece layout ([PAD] [UNK] [CLS] [SEP] [MASK] = 0..4).
+    pad_token_id: int = 0
+    mask_token_id: int = 4
+    special_token_ids: tuple[int, ...] = (0, 1, 2, 3, 4)
+    mask_rate: float = 0.15
+
+    @classmethod
+    def tiny(cls, **overrides) -> BertConfig:
+        """2 layers, 64 wide: for tests."""
+        return cls(**{"vocab_size": 512, "max_positions": 64, "hidden_size": 64, "num_layers": 2, "num_heads": 4, "mlp_dim": 256} | overrides)
+
+    @classmethod
+    def small(cls, **overrides) -> BertConfig:
+        """4 layers, 256 wide, 128 positions: trains on a CPU in minutes."""
+        return cls(**{"vocab_size": 8192, "max_positions": 128, "hidden_size": 256, "num_layers": 4, "num_heads": 4, "mlp_dim": 1024} | overrides)
+
+    @classmethod
+    def bert_base(cls, **overrides) -> BertConfig:
+        """BERT-base (110M) with the bert-base-uncased vocabulary's special ids."""
+        base = {"vocab_size": 30522, "max_positions": 512, "pad_token_id": 0, "mask_token_id": 103, "special_token_ids": (0, 100, 101, 102, 103)}
+        return cls(**base | overrides)
+
+
+class Bert(nnx.Module):
+    """Backbone: word + position + token-type embeddings, LayerNorm, post-LN blocks -> (B, T, D); `pool` gives [CLS]."""
+
+    def __init__(self, config: BertConfig, *, add_pooler: bool = True, rngs: nnx.Rngs):
+        self.config = config
+        init = nnx.initializers.normal(config.initializer_range)
+        dtype = jnp.dtype(config.dtype)
+        self.token_embedding = nnx.Embed(config.vocab_size, config.hidden_size, embedding_init=init, dtype=dtype, rngs=rngs)
+        self.position_embedding = PositionEmbedding(config.max_positions, config.hidden_size, init=init, rngs=rngs)
+        self.token_type_embedding = nnx.Embed(config.type_vocab_size, config.hidden_size, embedding_init=init, dtype=dtype, rngs=rngs)
+        self.embedding_norm = nnx.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps, dtype=dtype, rngs=rngs)
+        self.dropout = nnx.Dropout(config.dropout)
+        self.stack = TransformerStack(config, norm_first=False, kernel_init=init, out_kernel_init=init, rngs=rngs)
+        self.pooler = nnx.data(nnx.Linear(config.hidden_size, config.hidden_size, kernel_init=init, dtype=dtype, rngs=rngs) if add_pooler else None)
+
+    def __call__(
+        self,
+        token_ids: jax.Array,
+        padding_mask: jax.Array | None = None,
+        token_type_ids: jax.Array | None = None,
+        *,
+        rngs: nnx.Rngs | None = None,
+        return_hidden_states: bool = False,
+    ):
+        """(B, T) ids -> (B, T, D); with return_hidden_states also the embeddings and every block's output."""
+        check_token_ids(token_ids, vocab_size=self.config.vocab_size, context_length=self.config.max_positions)
+        check_same_shape("padding_mask", padding_mask, "token_ids", token_ids)
+        check_same_shape("token_type_ids", token_type_ids, "token_ids", token_ids)
+        rngs = as_rngs(rngs)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(token_ids)
+        x = self.position_embedding(self.token_embedding(token_ids) + self.token_type_embedding(token_type_ids))
+        x = self.dropout(self.embedding_norm(x), rngs=rngs)
+        mask = None if padding_mask is None else masks.padding(padding_mask)
+        return self.stack(x, mask=mask, rngs=rngs, return_hidden_states=return_hidden_states)
+
+    def pool(self, sequence: jax.Array) -> jax.Array:
+        """tanh(W · h[CLS] + b): (B, T, D) -> (B, D)."""
+        if self.pooler is None:
+            raise ValueError("this Bert was built with add_pooler=False")
+        return jnp.tanh(self.pooler(sequence[:, 0]))
+
+
+class MaskedLMHead(nnx.Module):
+    """Transform (dense, activation, LayerNorm), then the tied word embedding plus a per-token bias."""
+
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        init = nnx.initializers.normal(config.initializer_range)
+        dtype = jnp.dtype(config.dtype)
+        self.transform = nnx.Linear(config.hidden_size, config.hidden_size, kernel_init=init, dtype=dtype, rngs=rngs)
+        self.activation = Activation(config.activation, config.hidden_size)
+        self.norm = nnx.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps, dtype=dtype, rngs=rngs)
+        self.bias = nnx.Param(jnp.zeros((config.vocab_size,), jnp.float32))
+
+    def __call__(self, hidden: jax.Array, token_embedding: nnx.Embed, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+        hidden = self.norm(self.activation(self.transform(hidden), rngs=rngs))
+        logits = token_embedding.attend(hidden)
+        return logits + self.bias[...].astype(logits.dtype)
+
+
+class BertForMaskedLM(nnx.Module):
+    """Pretrain head: masked-token prediction; `loss` masks on the device and scores only the chosen slots."""
+
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.bert = Bert(config, add_pooler=False, rngs=rngs)
+        self.lm_head = MaskedLMHead(config, rngs=rngs)
+
+    def __call__(self, token_ids, padding_mask=None, token_type_ids=None, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+        """(B, T) ids -> (B, T, V) logits at every position."""
+        rngs = as_rngs(rngs)
+        hidden = self.bert(token_ids, padding_mask, token_type_ids, rngs=rngs)
+        return self.lm_head(hidden, self.bert.token_embedding, rngs=rngs)
+
+    def loss(self, batch: dict[str, jax.Array], *, rngs: nnx.Rngs | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """MLM cross-entropy at `mask_rate` of non-special positions, masked with rngs' `masking` stream.
+
+        Without rngs (evaluation) the masking key is fixed, so validation losses are comparable across steps.
+        """
+        config = self.config
+        rngs = as_rngs(rngs)
+        token_ids = batch["token_ids"]
+        padding_mask = batch.get("padding_mask")
+        special_mask = jnp.isin(token_ids, jnp.asarray(config.special_token_ids))
+        if padding_mask is not None:
+            special_mask = special_mask | ~padding_mask
+        masking_key = rngs.masking() if rngs is not None else jax.random.key(0)
+        masked = mask_tokens(
+            token_ids, special_mask, masking_key, mask_token_id=config.mask_token_id, vocab_size=config.vocab_size,
+            special_token_ids=config.special_token_ids, mask_rate=config.mask_rate,
+        )
+        hidden = self.bert(masked.token_ids, padding_mask, batch.get("token_type_ids"), rngs=rngs)
+        slots = jnp.take_along_axis(hidden, masked.positions[..., None], axis=1)  # (B, P, D)
+        logits = self.lm_head(slots, self.bert.token_embedding, rngs=rngs)
+        weights = masked.weights
+        if "weights" in batch:
+            weights = weights * batch["weights"].astype(jnp.float32)[:, None]
+        loss = cross_entropy(logits, masked.labels, weights)
+        return loss, {"loss": loss, "accuracy": accuracy(logits, masked.labels, weights)}
+
+
+class BertForSequenceClassification(nnx.Module):
+    """Finetune head: dropout and a linear classifier on the pooled [CLS]."""
+
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.bert = Bert(config, rngs=rngs)
+        self.dropout = nnx.Dropout(config.dropout)
+        init = nnx.initializers.normal(config.initializer_range)
+        self.classifier = nnx.Linear(config.hidden_size, config.num_labels, kernel_init=init, rngs=rngs)
+
+    def __call__(self, token_ids, padding_mask=None, token_type_ids=None, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+        """(B, T) ids -> (B, num_labels) logits."""
+        rngs = as_rngs(rngs)
+        pooled = self.bert.pool(self.bert(token_ids, padding_mask, token_type_ids, rngs=rngs))
+        return self.classifier(self.dropout(pooled, rngs=rngs))
+
+    def loss(self, batch: dict[str, jax.Array], *, rngs: nnx.Rngs | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Cross-entropy on `labels`; rows with `weights` 0 (evaluation padding) are not counted."""
+        logits = self(batch["token_ids"], batch.get("padding_mask"), batch.get("token_type_ids"), rngs=rngs)
+        weights = batch.get("weights")
+        loss = cross_entropy(logits, batch["labels"], weights)
+        return loss, {"loss": loss, "accuracy": accuracy(logits, batch["labels"], weights)}

@@ -1,0 +1,3 @@
+from flaxen.models.vit.modeling import ViT, ViTConfig, ViTForImageClassification, resample_position_embeddings, to_finetune
+
+__all__ = ["ViT", "ViTConfig", "ViTForImageClassification", "resample_position_embeddings", "to_finetune"]

@@ -1,0 +1,174 @@
+"""ViT: patch embedding + [CLS] + learned positions, pre-LN blocks, classification from [CLS] (big_vision layout)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from flaxen.core import PatchEmbedding, TransformerConfig, TransformerStack, as_rngs
+from flaxen.core.losses import accuracy, cross_entropy
+from flaxen.core.resample import resample_grid
+
+# width, depth, heads, MLP width (ViT paper, big_vision).
+VARIANTS = {
+    "Ti": (192, 12, 3, 768),
+    "S": (384, 12, 6, 1536),
+    "M": (512, 12, 8, 2048),
+    "B": (768, 12, 12, 3072),
+    "L": (1024, 24, 16, 4096),
+    "H": (1280, 32, 16, 5120),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTConfig(TransformerConfig):
+    image_size: int = 224
+    patch_size: int = 16
+    channels: int = 3
+    num_labels: int = 1000
+    # Pretrain head: a tanh "pre-logits" layer of this width before the classifier (None: no such layer).
+    representation_size: int | None = None
+    # Finetune head: the classifier starts at zero, so a new head begins from uniform predictions.
+    head_zero_init: bool = False
+    layer_norm_eps: float = 1e-12
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    @classmethod
+    def from_variant(cls, variant: str, **overrides) -> ViTConfig:
+        """From a variant string such as "Ti/16", "S/16", "B/32" (width/depth/heads by name, patch size by number)."""
+        match = re.fullmatch(r"(\w+?)/(\d+)", variant)
+        if match is None or match.group(1) not in VARIANTS:
+            raise ValueError(f"unknown ViT variant {variant!r}; use NAME/PATCH with NAME in {', '.join(VARIANTS)}, e.g. 'S/16'")
+        width, depth, heads, mlp_dim = VARIANTS[match.group(1)]
+        base = {"hidden_size": width, "num_layers": depth, "num_heads": heads, "mlp_dim": mlp_dim, "patch_size": int(match.group(2))}
+        return cls(**base | overrides)
+
+    @classmethod
+    def tiny(cls, **overrides) -> ViTConfig:
+        """16×16×3 images in 4×4 patches, 2 layers, 64 wide: for tests."""
+        base = {"image_size": 16, "patch_size": 4, "hidden_size": 64, "num_layers": 2, "num_heads": 4, "mlp_dim": 256, "num_labels": 10}
+        return cls(**base | overrides)
+
+    @classmethod
+    def small(cls, **overrides) -> ViTConfig:
+        """32×32×3 images in 4×4 patches, 4 layers, 256 wide: trains on a CPU in minutes."""
+        base = {"image_size": 32, "patch_size": 4, "hidden_size": 256, "num_layers": 4, "num_heads": 4, "mlp_dim": 1024, "num_labels": 10}
+        return cls(**base | overrides)
+
+
+class ViT(nnx.Module):
+    """Backbone: (B, H, W, C) images -> (B, 1 + patches, D) after the final LayerNorm; index 0 is [CLS]."""
+
+    def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        init = nnx.initializers.truncated_normal(config.initializer_range)
+        self.patch_embedding = PatchEmbedding(config.patch_size, config.channels, config.hidden_size, kernel_init=init, dtype=jnp.dtype(config.dtype), rngs=rngs)
+        self.cls_token = nnx.Param(jnp.zeros((1, 1, config.hidden_size), jnp.float32))
+        self.position_embedding = nnx.Param(init(rngs.params(), (1 + config.grid_size**2, config.hidden_size), jnp.float32))
+        self.dropout = nnx.Dropout(config.dropout)
+        self.stack = TransformerStack(config, norm_first=True, kernel_init=init, out_kernel_init=init, rngs=rngs)
+        self.final_norm = nnx.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps, dtype=jnp.dtype(config.dtype), rngs=rngs)
+
+    def __call__(
+        self,
+        images: jax.Array,
+        *,
+        rngs: nnx.Rngs | None = None,
+        interpolate_position_embeddings: bool = False,
+        return_hidden_states: bool = False,
+    ):
+        """With interpolate_position_embeddings, images of another size (a multiple of the patch) are accepted."""
+        height, width = self._check_images(images, interpolate_position_embeddings)
+        rngs = as_rngs(rngs)
+        patches = self.patch_embedding(images.astype(jnp.dtype(self.config.dtype)))
+        cls = jnp.broadcast_to(self.cls_token[...].astype(patches.dtype), (patches.shape[0], 1, patches.shape[2]))
+        positions = self.position_embedding[...]
+        grid = (height // self.config.patch_size, width // self.config.patch_size)
+        if grid != (self.config.grid_size,) * 2:
+            positions = resample_position_embeddings(positions, grid)
+        x = jnp.concatenate([cls, patches], axis=1) + positions.astype(patches.dtype)[None]
+        x, hidden_states = self.stack(self.dropout(x, rngs=rngs), rngs=rngs, return_hidden_states=True)
+        x = self.final_norm(x)
+        return (x, hidden_states[:-1] + [x]) if return_hidden_states else x
+
+    def _check_images(self, images, allow_other_size: bool) -> tuple[int, int]:
+        config = self.config
+        if images.ndim != 4:
+            raise ValueError(f"images must be (batch, height, width, channels), got shape {tuple(images.shape)}")
+        _, height, width, channels = images.shape
+        if channels != config.channels:
+            raise ValueError(f"images have {channels} channel(s) but the model expects {config.channels}; convert the images or set ViTConfig.channels")
+        if height % config.patch_size or width % config.patch_size:
+            raise ValueError(f"image size {height}×{width} is not a multiple of the patch size {config.patch_size}; resize or crop the images")
+        if not allow_other_size and (height, width) != (config.image_size, config.image_size):
+            raise ValueError(
+                f"images are {height}×{width} but the model was built for {config.image_size}×{config.image_size}; "
+                "resize them, pass interpolate_position_embeddings=True, or use to_finetune(..., image_size=...)"
+            )
+        return height, width
+
+
+def resample_position_embeddings(position_embedding: jax.Array, grid: tuple[int, int]) -> jax.Array:
+    """(1 + g·g, D) -> (1 + gh·gw, D): the patch positions resampled bicubically (PyTorch's kernel), [CLS] kept."""
+    cls, patches = position_embedding[:1], position_embedding[1:]
+    side = int(round(np.sqrt(patches.shape[0])))
+    resampled = resample_grid(patches.reshape(side, side, -1), grid)
+    return jnp.concatenate([cls, resampled.reshape(grid[0] * grid[1], -1)], axis=0)
+
+
+class ViTForImageClassification(nnx.Module):
+    """Classifier on [CLS]: with `representation_size`, the pretrain pre-logits tanh layer comes first."""
+
+    def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.vit = ViT(config, rngs=rngs)
+        init = nnx.initializers.truncated_normal(config.initializer_range)
+        features = config.hidden_size
+        self.pre_logits = nnx.data(None)
+        if config.representation_size is not None:
+            self.pre_logits = nnx.data(nnx.Linear(features, config.representation_size, kernel_init=init, rngs=rngs))
+            features = config.representation_size
+        head_init = nnx.initializers.zeros if config.head_zero_init else init
+        self.head = nnx.Linear(features, config.num_labels, kernel_init=head_init, rngs=rngs)
+
+    def __call__(self, images: jax.Array, *, rngs: nnx.Rngs | None = None, interpolate_position_embeddings: bool = False) -> jax.Array:
+        """(B, H, W, C) float images -> (B, num_labels) logits."""
+        features = self.vit(images, rngs=rngs, interpolate_position_embeddings=interpolate_position_embeddings)[:, 0]
+        if self.pre_logits is not None:
+            features = jnp.tanh(self.pre_logits(features))
+        return self.head(features)
+
+    def loss(self, batch: dict[str, jax.Array], *, rngs: nnx.Rngs | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Cross-entropy on `labels`; rows with `weights` 0 (evaluation padding) are not counted."""
+        logits = self(batch["images"], rngs=rngs)
+        weights = batch.get("weights")
+        loss = cross_entropy(logits, batch["labels"], weights)
+        return loss, {"loss": loss, "accuracy": accuracy(logits, batch["labels"], weights)}
+
+
+def to_finetune(
+    model: ViTForImageClassification, *, num_labels: int, image_size: int | None = None, rngs: nnx.Rngs
+) -> ViTForImageClassification:
+    """A finetune model from a pretrained one: same backbone, no pre-logits, a zero-initialised head for
+    `num_labels`, and position embeddings resampled (not cropped) for `image_size`."""
+    old = model.config
+    config = old.replace(num_labels=num_labels, image_size=image_size or old.image_size, representation_size=None, head_zero_init=True)
+    finetune = ViTForImageClassification(config, rngs=rngs)
+    nnx.update(finetune.vit, nnx.state(model.vit, nnx.Param))
+    grid = (config.grid_size, config.grid_size)
+    finetune.vit.position_embedding.set_value(resample_position_embeddings(model.vit.position_embedding[...], grid))
+    return finetune

@@ -1,0 +1,71 @@
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from flaxen.core import Activation, cross_entropy
+from flaxen.core.activations import canonical_name
+from flaxen.core.rng import as_rngs
+
+X = np.linspace(-4, 4, 41).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "name, reference",
+    [
+        ("relu", lambda x: max(x, 0.0)),
+        ("gelu", lambda x: 0.5 * x * (1 + math.erf(x / math.sqrt(2)))),
+        ("gelu_tanh", lambda x: 0.5 * x * (1 + math.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))),
+        ("swish", lambda x: x / (1 + math.exp(-x))),
+        ("mish", lambda x: x * math.tanh(math.log1p(math.exp(x)))),
+    ],
+)
+def test_stateless_activations_match_their_formulas(name, reference):
+    out = np.asarray(Activation(name, 1)(jnp.asarray(X)))
+    np.testing.assert_allclose(out, [reference(float(x)) for x in X], atol=1e-6)
+
+
+def test_hugging_face_names_are_accepted_and_unknown_names_are_refused():
+    assert canonical_name("gelu_new") == "gelu_tanh" and canonical_name("silu") == "swish"
+    with pytest.raises(ValueError, match="unknown activation 'gelu2'"):
+        Activation("gelu2", 4)
+
+
+def test_prelu_has_a_learnable_slope_per_channel():
+    act = Activation("prelu", 3)
+    x = -jnp.ones((2, 3))
+    np.testing.assert_allclose(act(x), -0.25 * np.ones((2, 3)))
+    grads = nnx.grad(lambda a: a(x * jnp.array([1.0, 2.0, 3.0])).sum())(act)
+    np.testing.assert_allclose(grads["learned"]["slope"][...], [-2.0, -4.0, -6.0])
+
+
+def test_rrelu_draws_random_slopes_in_training_and_uses_the_mean_in_eval():
+    act = Activation("rrelu", 1)
+    x = -jnp.ones((10_000,))
+    train_out = -np.asarray(act(x, rngs=as_rngs(0)))
+    assert train_out.min() >= 1 / 8 and train_out.max() <= 1 / 3
+    assert train_out.std() > 0.03
+    with pytest.raises(ValueError, match="rngs"):
+        act(x)
+    act.eval()
+    np.testing.assert_allclose(act(x), -(1 / 8 + 1 / 3) / 2 * np.ones(10_000), rtol=1e-6)
+    np.testing.assert_array_equal(act(jnp.ones(3)), np.ones(3))
+
+
+def test_cross_entropy_is_exact_and_stable_for_huge_logits():
+    logits = jnp.array([[1e4, -1e4], [1e4, -1e4]])
+    labels = jnp.array([0, 1])
+    loss, grads = jax.value_and_grad(lambda z: cross_entropy(z, labels))(logits)
+    np.testing.assert_allclose(loss, 1e4)  # mean of 0 and 2e4
+    assert np.isfinite(np.asarray(grads)).all()
+
+
+def test_weighted_cross_entropy_ignores_zero_weights_and_handles_all_zero():
+    logits = jnp.array([[2.0, 0.0], [0.0, 50.0]])
+    labels = jnp.array([0, 0])
+    expected = math.log(1 + math.exp(-2.0))
+    np.testing.assert_allclose(cross_entropy(logits, labels, jnp.array([1.0, 0.0])), expected, rtol=1e-6)
+    assert float(cross_entropy(logits, labels, jnp.zeros(2))) == 0.0
