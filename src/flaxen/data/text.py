@@ -1,0 +1,197 @@
+"""Text datasets: contiguous token blocks for language-model pretraining, and labelled texts for classification."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import datasets
+import numpy as np
+from einops import rearrange
+from tokenizers import Tokenizer
+
+from flaxen.data.arrays import ArrayDataset, DataSplits, random_split, validation_size
+from flaxen.data.labels import Label, label_ids, label_values
+from flaxen.text.files import PathLike, as_paths, check_decodable, read_text_file
+from flaxen.text.tokenizer import EOS_TOKEN, encode_batch, encode_documents
+
+_TABLE_FORMATS = {
+    ".csv": ("csv", {}),
+    ".tsv": ("csv", {"sep": "\t"}),
+    ".json": ("json", {}),
+    ".jsonl": ("json", {}),
+    ".parquet": ("parquet", {}),
+}
+_TEXT_FORMATS = {"csv", "json"}
+
+
+def text_blocks(
+    files: PathLike | Sequence[PathLike],
+    tokenizer: Tokenizer,
+    block_size: int,
+    *,
+    validation_fraction: float = 0.1,
+    eos_token: str = EOS_TOKEN,
+    encoding: str = "utf-8",
+) -> DataSplits:
+    """Language-model data: each file is a document; `token_ids` int32 (N, block_size) cut from one token stream.
+
+    Every document is followed by `eos_token`, the documents are concatenated, and the stream is cut into
+    consecutive blocks (the tail that does not fill a block is dropped). Validation is the last blocks of the
+    stream, so no text is shared between the splits. Targets are the next tokens within a block (the model
+    shifts). For a WordPiece tokenizer pass `eos_token="[SEP]"`.
+    """
+    paths = as_paths(files)
+    if not paths:
+        raise ValueError("no files given to text_blocks")
+    eos_id = tokenizer.token_to_id(eos_token)
+    if eos_id is None:
+        raise ValueError(
+            f"the tokenizer has no {eos_token!r} token to end documents with; "
+            f"pass eos_token= one of its special tokens (e.g. '[SEP]' for WordPiece)"
+        )
+    documents = datasets.Dataset.from_dict({"text": [read_text_file(path, encoding) for path in paths]})
+    tokenized = documents.map(
+        lambda batch: {"token_ids": [ids + [eos_id] for ids in encode_documents(tokenizer, batch["text"])]},
+        batched=True,
+        remove_columns=["text"],
+        desc="Tokenizing documents",
+    )
+    stream = np.concatenate([np.asarray(ids, dtype=np.int32) for ids in tokenized["token_ids"]])
+
+    num_blocks = len(stream) // block_size
+    min_blocks = 2 if validation_fraction > 0 else 1
+    if num_blocks < min_blocks:
+        raise ValueError(
+            f"the text has {len(stream)} tokens but {min_blocks * block_size} are needed "
+            f"(one block of {block_size} for training{' and one for validation' if min_blocks == 2 else ''}); "
+            f"add text or use a smaller block_size"
+        )
+    num_validation = min(validation_size(num_blocks, validation_fraction), num_blocks - 1)
+    blocks = rearrange(stream[: num_blocks * block_size], "(n t) -> n t", t=block_size)
+    num_train = num_blocks - num_validation
+    info = {
+        "num_documents": len(paths),
+        "num_tokens": len(stream),
+        "block_size": block_size,
+        "eos_id": eos_id,
+        "train_blocks": num_train,
+        "validation_blocks": num_validation,
+        "dropped_tokens": len(stream) - num_blocks * block_size,
+    }
+    validation = ArrayDataset({"token_ids": blocks[num_train:]}) if num_validation else None
+    return DataSplits(ArrayDataset({"token_ids": blocks[:num_train]}), validation, info)
+
+
+def text_classification(
+    path: PathLike,
+    tokenizer: Tokenizer,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    max_length: int = 128,
+    labels: Sequence[Label] | None = None,
+    validation: PathLike | None = None,
+    validation_fraction: float = 0.1,
+    seed: int = 0,
+    encoding: str = "utf-8",
+    label_filter: Callable[[Label], bool] | None = None,
+) -> DataSplits:
+    """Labelled texts from CSV/TSV/JSON/JSONL/parquet: `token_ids` int32, `padding_mask` bool (N, T), `labels` int32.
+
+    String labels become ids in sorted order (`info["label_names"]`); integer labels are kept as they are.
+    `labels=[...]` chooses and orders the classes (rows with other labels are dropped); `label_filter(label)`
+    drops rows whose raw label it rejects. Validation is the file `validation` if given, else a seeded random
+    `validation_fraction` of the rows.
+    """
+    sources = {"train": Path(path)} | ({"validation": Path(validation)} if validation is not None else {})
+    tables = {split: _load_table(source, encoding) for split, source in sources.items()}
+    for split, table in tables.items():
+        missing = [column for column in (text_column, label_column) if column not in table.column_names]
+        if missing:
+            raise ValueError(
+                f"{sources[split]} has no column {', '.join(map(repr, missing))}; its columns are: "
+                f"{', '.join(table.column_names)} (choose with text_column= / label_column=)"
+            )
+    raw_labels = {split: list(table[label_column]) for split, table in tables.items()}
+    label_set = label_values([value for values in raw_labels.values() for value in values], labels, label_filter)
+    splits = {
+        split: _labelled_arrays(
+            table, sources[split], tokenizer, text_column, raw_labels[split], label_set, label_filter, max_length
+        )
+        for split, table in tables.items()
+    }
+    if validation is None:
+        train, held_out = random_split(splits["train"], validation_fraction, seed)
+    else:
+        train, held_out = splits["train"], splits["validation"]
+    info = {
+        "label_names": [str(label) for label in label_set],
+        "num_labels": len(label_set),
+        "max_length": max_length,
+        "dropped_rows": len(tables["train"]) - len(splits["train"]),
+        "train_label_counts": np.bincount(train["labels"], minlength=len(label_set)).tolist(),
+    }
+    return DataSplits(train, held_out, info)
+
+
+def _labelled_arrays(
+    table: datasets.Dataset,
+    source: PathLike,
+    tokenizer: Tokenizer,
+    text_column: str,
+    raw_labels: list,
+    label_set: list[Label],
+    label_filter: Callable[[Label], bool] | None,
+    max_length: int,
+) -> ArrayDataset:
+    """Keep the rows whose label is in `label_set`, check their texts, and tokenize them."""
+    ids, keep = label_ids(raw_labels, label_set, label_filter)
+    kept = table.select_columns([text_column]).select(np.flatnonzero(keep))
+    if len(kept) == 0:
+        raise ValueError(
+            f"{source} has no rows left ({len(table)} read, none with a label in {label_set}); "
+            f"check the file and labels="
+        )
+    empty = [row for row, text in enumerate(kept[text_column]) if text is None or not str(text).strip()]
+    if empty:
+        first_row = np.flatnonzero(keep)[empty[0]]
+        raise ValueError(
+            f"{source} has {len(empty)} row(s) with an empty {text_column!r} (the first is data row {first_row}, "
+            f"counting from 0); remove them from the file"
+        )
+    encoded = kept.map(
+        lambda batch: encode_batch(tokenizer, batch[text_column], max_length),
+        batched=True,
+        remove_columns=[text_column],
+        desc="Tokenizing",
+    ).with_format("numpy")[:]
+    return ArrayDataset(
+        {
+            "token_ids": encoded["token_ids"].astype(np.int32),
+            "padding_mask": encoded["padding_mask"].astype(bool),
+            "labels": ids,
+        }
+    )
+
+
+def _load_table(path: PathLike, encoding: str) -> datasets.Dataset:
+    """One data file as a `datasets.Dataset`, the format chosen by its extension."""
+    path = Path(path)
+    if path.suffix.lower() not in _TABLE_FORMATS:
+        raise ValueError(f"cannot read {path}: expected a file ending in {', '.join(_TABLE_FORMATS)}")
+    builder, options = _TABLE_FORMATS[path.suffix.lower()]
+    if builder in _TEXT_FORMATS:
+        check_decodable(path, encoding)
+        options = {**options, "encoding": encoding}
+    elif not path.is_file():
+        raise ValueError(f"no such file: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty: it has no rows")
+    try:
+        return datasets.load_dataset(builder, data_files=str(path), split="train", **options)
+    except datasets.exceptions.DatasetGenerationError as err:
+        reason = err.__cause__ or err
+        raise ValueError(f"could not read {path} as {builder}: {type(reason).__name__}: {reason}") from None
+    except ValueError:
+        raise ValueError(f"{path} has no rows (only a header?)") from None
