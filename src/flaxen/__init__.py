@@ -1,5 +1,8 @@
 """flaxen: a transformer model zoo on JAX/Flax NNX."""
 
+from flaxen import data, text
+from flaxen.generate import generate, generate_ids
+
 from flaxen.models.bert import Bert, BertConfig, BertForMaskedLM, BertForSequenceClassification
 from flaxen.models.gpt import GPT, GPTConfig, GPTForCausalLM, GPTForSequenceClassification
 from flaxen.models.vit import ViT, ViTConfig, ViTForImageClassification
@@ -7,6 +10,6 @@ from flaxen.models.vit import ViT, ViTConfig, ViTForImageClassification
 __version__ = "0.1.0.dev0"
 
 __all__ = [
-    "GPT", "Bert", "BertConfig", "BertForMaskedLM", "BertForSequenceClassification", "GPTConfig", "GPTForCausalLM",
+    "GPT", "Bert", "data", "generate", "generate_ids", "text", "BertConfig", "BertForMaskedLM", "BertForSequenceClassification", "GPTConfig", "GPTForCausalLM",
     "GPTForSequenceClassification", "ViT", "ViTConfig", "ViTForImageClassification",
 ]

@@ -9,6 +9,7 @@ from flax import nnx
 from flaxen.core.activations import Activation
 from flaxen.core.attention import MultiHeadAttention
 from flaxen.core.config import TransformerConfig
+from flaxen.core.kv_cache import KVCache
 
 
 class MLP(nnx.Module):
@@ -37,14 +38,33 @@ class TransformerBlock(nnx.Module):
         self.dropout = nnx.Dropout(config.dropout)
 
     def __call__(
-        self, x: jax.Array, *, mask: jax.Array | None = None, is_causal: bool = False, rngs: nnx.Rngs | None = None
-    ) -> jax.Array:
-        attend = lambda h: self.attention(h, mask=mask, is_causal=is_causal, rngs=rngs)
+        self,
+        x: jax.Array,
+        *,
+        mask: jax.Array | None = None,
+        is_causal: bool = False,
+        rngs: nnx.Rngs | None = None,
+        kv_cache: tuple[jax.Array, jax.Array] | None = None,
+        cache_index: jax.Array | None = None,
+    ):
+        """(B, T, D) -> (B, T, D); with `kv_cache` also returns the updated (keys, values)."""
+        new_cache = None
+
+        def attend(h):
+            nonlocal new_cache
+            out = self.attention(h, mask=mask, is_causal=is_causal, rngs=rngs, kv_cache=kv_cache, cache_index=cache_index)
+            if kv_cache is None:
+                return out
+            out, new_cache = out
+            return out
+
         if self.norm_first:
             x = x + self.dropout(attend(self.attention_norm(x)), rngs=rngs)
-            return x + self.dropout(self.mlp(self.mlp_norm(x), rngs=rngs), rngs=rngs)
-        x = self.attention_norm(x + self.dropout(attend(x), rngs=rngs))
-        return self.mlp_norm(x + self.dropout(self.mlp(x, rngs=rngs), rngs=rngs))
+            x = x + self.dropout(self.mlp(self.mlp_norm(x), rngs=rngs), rngs=rngs)
+        else:
+            x = self.attention_norm(x + self.dropout(attend(x), rngs=rngs))
+            x = self.mlp_norm(x + self.dropout(self.mlp(x, rngs=rngs), rngs=rngs))
+        return x if kv_cache is None else (x, new_cache)
 
 
 class TransformerStack(nnx.Module):
@@ -64,9 +84,24 @@ class TransformerStack(nnx.Module):
         is_causal: bool = False,
         rngs: nnx.Rngs | None = None,
         return_hidden_states: bool = False,
-    ) -> jax.Array | tuple[jax.Array, list[jax.Array]]:
+        cache: KVCache | None = None,
+    ):
+        """(B, T, D) -> (B, T, D), plus every layer's input and output with `return_hidden_states`.
+
+        With `cache`, the blocks read and extend it (its `valid` already covers this step) and
+        `(x, updated cache)` is returned.
+        """
         hidden_states = [x]
-        for block in self.blocks:
-            x = block(x, mask=mask, is_causal=is_causal, rngs=rngs)
+        keys, values = [], []
+        for layer, block in enumerate(self.blocks):
+            if cache is None:
+                x = block(x, mask=mask, is_causal=is_causal, rngs=rngs)
+            else:
+                layer_cache = (cache.keys[layer], cache.values[layer])
+                x, (k, v) = block(x, mask=mask, rngs=rngs, kv_cache=layer_cache, cache_index=cache.index)
+                keys.append(k)
+                values.append(v)
             hidden_states.append(x)
+        if cache is not None:
+            return x, cache._replace(keys=tuple(keys), values=tuple(values), index=cache.index + x.shape[1])
         return (x, hidden_states) if return_hidden_states else x

@@ -9,14 +9,17 @@ from flax import nnx
 
 
 class PositionEmbedding(nnx.Module):
-    """Learned absolute positions: adds table[offset : offset + T] to (B, T, D) inputs."""
+    """Learned absolute positions added to (B, T, D) inputs."""
 
     def __init__(self, max_positions: int, features: int, *, init, rngs: nnx.Rngs, param_dtype=jnp.float32):
         self.embedding = nnx.Param(init(rngs.params(), (max_positions, features), param_dtype))
 
-    def __call__(self, x: jax.Array, offset: jax.Array | int = 0) -> jax.Array:
-        positions = jax.lax.dynamic_slice_in_dim(self.embedding[...], offset, x.shape[1], axis=0)
-        return x + positions.astype(x.dtype)[None]
+    def __call__(self, x: jax.Array, positions: jax.Array | None = None) -> jax.Array:
+        """Adds rows 0..T-1, or the rows named by `positions` (B, T) (left-padded prompts, decoding)."""
+        table = self.embedding[...].astype(x.dtype)
+        if positions is None:
+            return x + table[None, : x.shape[1]]
+        return x + jnp.take(table, positions, axis=0)
 
 
 class PatchEmbedding(nnx.Module):

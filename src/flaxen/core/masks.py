@@ -6,10 +6,15 @@ import jax
 import jax.numpy as jnp
 
 
-def causal(query_length: int, key_length: int | None = None) -> jax.Array:
-    """(1, 1, T, S): query i may see keys up to its own position; queries are the last T of S positions."""
+def causal(query_length: int, key_length: int | None = None, *, query_offset: jax.Array | int | None = None) -> jax.Array:
+    """(1, 1, T, S): query i (at absolute position query_offset + i) may see keys at positions up to its own.
+
+    By default the queries are the last T of the S key positions.
+    """
     key_length = query_length if key_length is None else key_length
-    query_positions = jnp.arange(query_length)[:, None] + (key_length - query_length)
+    if query_offset is None:
+        query_offset = key_length - query_length
+    query_positions = jnp.arange(query_length)[:, None] + query_offset
     return (jnp.arange(key_length)[None, :] <= query_positions)[None, None]
 
 

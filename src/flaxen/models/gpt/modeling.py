@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flaxen.core import TransformerConfig, TransformerStack, PositionEmbedding, as_rngs, masks
+from flaxen.core import PositionEmbedding, TransformerConfig, TransformerStack, as_rngs, masks
+from flaxen.core.kv_cache import KVCache
 from flaxen.core.losses import accuracy, cross_entropy, position_weights
 from flaxen.core.validation import check_same_shape, check_token_ids
 
@@ -60,16 +61,34 @@ class GPT(nnx.Module):
         *,
         rngs: nnx.Rngs | None = None,
         return_hidden_states: bool = False,
+        positions: jax.Array | None = None,
+        cache: KVCache | None = None,
     ):
-        """(B, T) ids -> (B, T, D); with return_hidden_states also every block's input and the final output."""
+        """(B, T) ids -> (B, T, D); with return_hidden_states also every block's input and the final output.
+
+        Decoding: `positions` (B, T) name each token's position (left-padded prompts); with `cache` the tokens
+        are written into it at `cache.index` and `(hidden, updated cache)` is returned.
+        """
         check_token_ids(token_ids, vocab_size=self.config.vocab_size, context_length=self.config.context_length)
         check_same_shape("padding_mask", padding_mask, "token_ids", token_ids)
         rngs = as_rngs(rngs)
-        x = self.dropout(self.position_embedding(self.token_embedding(token_ids)), rngs=rngs)
+        x = self.dropout(self.position_embedding(self.token_embedding(token_ids), positions), rngs=rngs)
+        if cache is not None:
+            cache = cache.with_written(jnp.ones(token_ids.shape, bool) if padding_mask is None else padding_mask)
+            x, cache = self.stack(x, mask=masks.padding(cache.valid), rngs=rngs, cache=cache)
+            return self.final_norm(x), cache
         mask = None if padding_mask is None else masks.padding(padding_mask)
         x, hidden_states = self.stack(x, mask=mask, is_causal=True, rngs=rngs, return_hidden_states=True)
         x = self.final_norm(x)
         return (x, hidden_states[:-1] + [x]) if return_hidden_states else x
+
+    def empty_cache(self, batch: int, length: int) -> KVCache:
+        """A zeroed KV cache for `batch` rows of up to `length` positions."""
+        config = self.config
+        return KVCache.empty(
+            num_layers=config.num_layers, batch=batch, length=length, num_heads=config.num_heads,
+            head_dim=config.head_dim, dtype=jnp.dtype(config.dtype),
+        )
 
 
 class GPTForCausalLM(nnx.Module):

@@ -1,0 +1,99 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from flaxen import GPTConfig, GPTForCausalLM
+from flaxen.generate import generate, generate_ids, sample_next
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = GPTForCausalLM(GPTConfig.tiny(), rngs=nnx.Rngs(0))
+    m.eval()
+    return m
+
+
+def uncached_greedy(model, prompt, steps):
+    sequence = jnp.asarray(prompt, jnp.int32)[None]
+    for _ in range(steps):
+        next_id = jnp.argmax(model(sequence)[:, -1], axis=-1).astype(jnp.int32)
+        sequence = jnp.concatenate([sequence, next_id[:, None]], axis=1)
+    return np.asarray(sequence[0, len(prompt) :])
+
+
+def test_cached_greedy_decoding_equals_uncached_for_left_padded_prompts_of_different_lengths(model):
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(0, 512, 7), rng.integers(0, 512, 3)]
+    prompt_ids = np.zeros((2, 7), np.int32)
+    prompt_mask = np.zeros((2, 7), bool)
+    for row, prompt in enumerate(prompts):
+        prompt_ids[row, 7 - len(prompt) :] = prompt
+        prompt_mask[row, 7 - len(prompt) :] = True
+    cached = generate_ids(model, prompt_ids, prompt_mask, max_new_tokens=12, temperature=0)
+    for row, prompt in enumerate(prompts):
+        np.testing.assert_array_equal(cached[row], uncached_greedy(model, prompt, 12))
+
+
+def test_sampling_is_seeded_and_top_k_one_is_greedy(model):
+    prompt = np.arange(1, 5, dtype=np.int32)[None]
+    a = generate_ids(model, prompt, max_new_tokens=10, temperature=1.5, seed=3)
+    b = generate_ids(model, prompt, max_new_tokens=10, temperature=1.5, seed=3)
+    c = generate_ids(model, prompt, max_new_tokens=10, temperature=1.5, seed=4)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    greedy = generate_ids(model, prompt, max_new_tokens=10, temperature=0)
+    np.testing.assert_array_equal(generate_ids(model, prompt, max_new_tokens=10, temperature=1.0, top_k=1), greedy)
+    np.testing.assert_array_equal(generate_ids(model, prompt, max_new_tokens=10, temperature=1.0, top_p=1e-6), greedy)
+
+
+def test_top_k_and_top_p_only_sample_from_the_allowed_tokens():
+    logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]] * 2000))
+    keys = jax.random.split(jax.random.key(0), 1)[0]
+    top2 = np.asarray(sample_next(logits, keys, temperature=1.0, top_k=2, top_p=None))
+    assert set(top2.tolist()) == {0, 1}
+    nucleus = np.asarray(sample_next(logits, keys, temperature=1.0, top_k=None, top_p=0.85))
+    assert set(nucleus.tolist()) == {0, 1, 2}  # 0.5 + 0.3 < 0.85, so the third token is still needed
+    assert abs((nucleus == 0).mean() - 0.5 / 0.95) < 0.04
+
+
+def test_rows_stop_at_end_of_text_and_stay_stopped(model):
+    prompt = np.arange(1, 5, dtype=np.int32)[None]
+    greedy = generate_ids(model, prompt, max_new_tokens=10, temperature=0)
+    eos = int(greedy[0, 3])  # pretend the 4th greedy token is end-of-text
+    stopped = generate_ids(model, prompt, max_new_tokens=10, temperature=0, eos_token_id=eos)
+    first = int(np.argmax(greedy[0] == eos))
+    np.testing.assert_array_equal(stopped[0, : first + 1], greedy[0, : first + 1])
+    assert (stopped[0, first:] == eos).all()
+
+
+class CharTokenizer:
+    """A stand-in for tokenizers.Tokenizer: one id per byte, 0 is end-of-text."""
+
+    class Encoding:
+        def __init__(self, ids):
+            self.ids = ids
+
+    def encode(self, text, add_special_tokens=False):
+        return self.Encoding([b for b in text.encode()])
+
+    def decode(self, ids, skip_special_tokens=True):
+        return bytes(i for i in ids if i not in (0,) and i < 256).decode(errors="replace")
+
+    def token_to_id(self, token):
+        return 0 if token == "<|endoftext|>" else None
+
+
+def test_generate_text_for_a_batch_of_prompts_keeps_each_prompt(model):
+    out = generate(model, CharTokenizer(), ["ROMEO:", "A"], max_new_tokens=5, temperature=0)
+    assert out[0].startswith("ROMEO:") and out[1].startswith("A")
+    single = generate(model, CharTokenizer(), "A", max_new_tokens=5, temperature=0)
+    assert single == out[1]
+
+
+def test_bad_requests_are_refused(model):
+    with pytest.raises(ValueError, match="exceeds the model's context of 64"):
+        generate_ids(model, np.ones((1, 60), np.int32), max_new_tokens=10)
+    with pytest.raises(ValueError, match="left-padded"):
+        generate_ids(model, np.ones((1, 4), np.int32), np.array([[1, 1, 1, 0]], bool), max_new_tokens=2)
