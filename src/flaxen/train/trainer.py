@@ -1,0 +1,352 @@
+"""The training loop: one jitted pure step over split NNX state, evaluation, logging and checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, NamedTuple, Protocol, TextIO
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx
+from tqdm.auto import tqdm
+
+from flaxen.train.checkpoints import (
+    CHECKPOINT_DIR,
+    check_resumable,
+    checkpoint_manager,
+    restore_checkpoint,
+    save_checkpoint,
+    write_run_files,
+)
+from flaxen.train.metrics import drop_records_after, plot_metrics
+from flaxen.train.optim import current_learning_rate
+
+Batch = dict[str, Any]
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "loss_curve.png"
+
+
+class Dataset(Protocol):
+    """What the trainer needs of a data split."""
+
+    def batches(self, batch_size: int, *, seed: int, start_step: int = 0) -> Iterator[Batch]: ...
+
+    def epoch_batches(self, batch_size: int) -> Iterator[Batch]: ...
+
+
+class Splits(Protocol):
+    """What the trainer needs of `flaxen.data.DataSplits`."""
+
+    train: Dataset
+    validation: Dataset | None
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss (or gradient norm) became NaN or Inf."""
+
+
+class _RunPosition(NamedTuple):
+    step: int
+    seed: int
+    elapsed: float
+
+
+@dataclasses.dataclass
+class _TrainState:
+    params: nnx.State
+    opt_state: optax.OptState
+    other: nnx.State  # non-parameter variables (e.g. batch statistics), carried through the step
+
+
+class Trainer:
+    """Trains any NNX model that offers `loss(batch, *, rngs) -> (loss, metrics)` with an optax optimizer.
+
+    Construction switches the model to eval mode (training uses a train-mode copy of its graph), and `fit` writes
+    the trained weights back into the model.
+    """
+
+    def __init__(
+        self,
+        model: nnx.Module,
+        optimizer: optax.GradientTransformation,
+        out_dir: str | Path,
+        *,
+        seed: int = 0,
+        batch_size: int = 32,
+        eval_every: int = 200,
+        eval_batches: int | None = None,
+        log_every: int = 10,
+        checkpoint_every: int | None = None,
+        keep_checkpoints: int = 3,
+        compute_dtype: str | jnp.dtype | None = None,
+        progress: bool = True,
+        run_info: dict[str, Any] | None = None,
+    ):
+        self.model = model
+        self.optimizer = optimizer
+        self.out_dir = Path(out_dir)
+        self.seed = seed
+        self.batch_size = batch_size
+        self.eval_every = eval_every
+        self.eval_batches = eval_batches
+        self.log_every = log_every
+        self.checkpoint_every = checkpoint_every or eval_every
+        self.keep_checkpoints = keep_checkpoints
+        self.compute_dtype = None if compute_dtype is None else jnp.dtype(compute_dtype)
+        self.progress = progress
+        self.run_info = run_info
+        model.train()
+        self._train_step = _make_train_step(nnx.graphdef(model), optimizer, self.compute_dtype)
+        model.eval()
+        self._eval_step = _make_eval_step(nnx.graphdef(model), self.compute_dtype)
+
+    def evaluate(self, dataset: Dataset) -> dict[str, float]:
+        """Metrics of the model's current weights over one pass of `dataset` (weighted means, no dropout)."""
+        params, other = nnx.state(self.model, nnx.Param, ...)
+        return self._evaluate(params, other, dataset, _run_keys(self.seed)[1])
+
+    def fit(self, data: Splits, steps: int, resume: bool = False, overwrite: bool = False) -> dict[str, float]:
+        """Train until `steps` batches have been seen; `resume` continues the latest checkpoint's run (its seed too).
+
+        Returns the final metrics: "step", "elapsed" (seconds), "train_<metric>" (mean since the last log line,
+        with "train_items_per_sec") and "validation_<metric>".
+        """
+        metrics_path = self.out_dir / METRICS_FILE
+        if resume:
+            check_resumable(self.model, self.out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        track_best = data.validation is not None
+        checkpoint_dir = self.out_dir / CHECKPOINT_DIR
+        with checkpoint_manager(checkpoint_dir, keep=self.keep_checkpoints, track_best=track_best) as manager:
+            state, position = self._starting_state(manager, resume, overwrite, metrics_path)
+            try:
+                with open(metrics_path, "a") as metrics_file:
+                    return self._loop(data, steps, position, state, manager, metrics_file)
+            finally:
+                _write_back(self.model, state)
+                plot_metrics(metrics_path, self.out_dir / PLOT_FILE)
+
+    def _starting_state(
+        self, manager: ocp.CheckpointManager, resume: bool, overwrite: bool, metrics_path: Path
+    ) -> tuple[_TrainState, _RunPosition]:
+        """Fresh state, or the latest checkpoint's with `resume`; refuses to start over saved checkpoints."""
+        latest = manager.latest_step()
+        if latest is not None and not resume:
+            if not overwrite:
+                raise ValueError(
+                    f"{self.out_dir} already holds checkpoints (latest step {latest}); "
+                    "pass resume=True to continue that run or overwrite=True to start over"
+                )
+            for step in manager.all_steps():
+                manager.delete(step)
+        params, other = nnx.state(self.model, nnx.Param, ...)
+        state = _TrainState(params, self.optimizer.init(params), other)
+        if resume and latest is not None:
+            model_state, state.opt_state, progress = restore_checkpoint(
+                manager, latest, nnx.state(self.model), state.opt_state
+            )
+            state.params, state.other = nnx.split_state(model_state, nnx.Param, ...)
+            drop_records_after(metrics_path, latest)
+            return state, _RunPosition(latest, progress["seed"], progress["elapsed"])
+        write_run_files(self.model, self.out_dir, self.run_info)
+        metrics_path.write_text("")
+        return state, _RunPosition(0, self.seed, 0.0)
+
+    def _loop(
+        self,
+        data: Splits,
+        steps: int,
+        start: _RunPosition,
+        state: _TrainState,
+        manager: ocp.CheckpointManager,
+        metrics_file: TextIO,
+    ) -> dict[str, float]:
+        """Train from `start` to `steps`, updating `state` in place (so the caller sees it even after an error)."""
+        train_key, eval_key = _run_keys(start.seed)
+        batches = data.train.batches(self.batch_size, seed=start.seed, start_step=start.step)
+        final: dict[str, float] = {"step": max(steps, start.step)}
+        window: list[dict[str, jax.Array]] = []  # device metrics since the last log line
+        window_items = 0
+        clock_start = window_start = time.perf_counter()
+
+        def elapsed() -> float:
+            return start.elapsed + time.perf_counter() - clock_start
+
+        def log(record: dict[str, Any]) -> None:
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+            split = record["split"]
+            final.update({f"{split}_{k}": v for k, v in record.items() if k not in ("step", "split", "elapsed")})
+            final["elapsed"] = record["elapsed"]
+
+        bar = tqdm(total=steps, initial=start.step, unit="step", disable=not self.progress, dynamic_ncols=True)
+        postfix: dict[str, str] = {}
+        try:
+            for step in range(start.step, steps):
+                host_batch = next(batches)
+                state.params, state.opt_state, state.other, metrics = self._train_step(
+                    state.params, state.opt_state, state.other, jax.device_put(host_batch), train_key, step
+                )
+                window.append(metrics)
+                window_items += _count_items(host_batch)
+                bar.update()
+                done = step + 1
+                is_last = done == steps
+                is_log = done % self.log_every == 0 or is_last
+                is_eval = data.validation is not None and (done % self.eval_every == 0 or is_last)
+                is_checkpoint = done % self.checkpoint_every == 0 or is_last
+                if not (is_log or is_eval or is_checkpoint):
+                    continue
+
+                fetched = jax.device_get(window)
+                _raise_if_diverged(fetched, first_step=done - len(window) + 1, manager=manager)
+                pause_start = time.perf_counter()
+                if is_log:
+                    record = _window_means(fetched)
+                    record["items_per_sec"] = window_items / (pause_start - window_start)
+                    log({"step": done, "split": "train", **record, "elapsed": elapsed()})
+                    postfix["loss"] = f"{record['loss']:.4f}"
+                    postfix[f"{_item_unit(host_batch)}/s"] = f"{record['items_per_sec']:,.0f}"
+                    window, window_items, window_start = [], 0, pause_start
+                validation_loss = None
+                if is_eval:
+                    scores = self._evaluate(state.params, state.other, data.validation, eval_key)
+                    log({"step": done, "split": "validation", **scores, "elapsed": elapsed()})
+                    validation_loss = scores["loss"]
+                    postfix["val_loss"] = f"{validation_loss:.4f}"
+                if is_checkpoint:
+                    save_checkpoint(
+                        manager, done, nnx.merge_state(state.params, state.other), state.opt_state,
+                        seed=start.seed, elapsed=elapsed(), validation_loss=validation_loss,
+                    )
+                bar.set_postfix(postfix, refresh=False)
+                window_start += time.perf_counter() - pause_start  # evaluation and saving are not training time
+        finally:
+            bar.close()
+        if start.step >= steps and data.validation is not None:
+            scores = self._evaluate(state.params, state.other, data.validation, eval_key)
+            final.update({f"validation_{k}": v for k, v in scores.items()})
+        return final
+
+    def _evaluate(self, params: nnx.State, other: nnx.State, dataset: Dataset, key: jax.Array) -> dict[str, float]:
+        batches = itertools.islice(dataset.epoch_batches(self.batch_size), self.eval_batches)
+        results = [
+            self._eval_step(params, other, jax.device_put(batch), jax.random.fold_in(key, index))
+            for index, batch in enumerate(batches)
+        ]
+        results = jax.device_get(results)
+        total_weight = sum(weight for _, weight in results)
+        if total_weight == 0:
+            raise ValueError("the evaluation split yielded no rows")
+        return {
+            name: float(sum(metrics[name] * weight for metrics, weight in results) / total_weight)
+            for name in results[0][0]
+        }
+
+
+def _make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, compute_dtype) -> Callable:
+    """A jitted pure step (params, opt_state, other, batch, base_key, step) -> (params, opt_state, other, metrics)."""
+
+    def train_step(params, opt_state, other, batch, base_key, step):
+        key = jax.random.fold_in(base_key, step)
+        inputs = _cast_inputs(batch, compute_dtype)
+
+        def loss_fn(params):
+            model = nnx.merge(graphdef, _cast_floats(params, compute_dtype), other)
+            loss, metrics = model.loss(inputs, rngs=_call_rngs(key))
+            return loss, (metrics, nnx.state(model, nnx.Not(nnx.Param)))
+
+        (loss, (metrics, other)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        metrics = {"loss": loss, **metrics, "grad_norm": optax.tree.norm(grads)}
+        learning_rate = current_learning_rate(opt_state)
+        if learning_rate is not None:
+            metrics["learning_rate"] = learning_rate
+        return params, opt_state, other, _as_float32(metrics)
+
+    return jax.jit(train_step, donate_argnums=(0, 1, 2))
+
+
+def _make_eval_step(graphdef: nnx.GraphDef, compute_dtype) -> Callable:
+    """A jitted step (params, other, batch, key) -> (metrics, weight), weight = number of real rows in the batch."""
+
+    def eval_step(params, other, batch, key):
+        model = nnx.merge(graphdef, _cast_floats(params, compute_dtype), other)
+        loss, metrics = model.loss(_cast_inputs(batch, compute_dtype), rngs=_call_rngs(key))
+        weight = batch["weights"].sum() if "weights" in batch else len(next(iter(batch.values())))
+        return _as_float32({"loss": loss, **metrics}), jnp.asarray(weight, jnp.float32)
+
+    return jax.jit(eval_step)
+
+
+def _run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+    """Base keys for training (folded with the step) and evaluation (folded with the batch index)."""
+    root = jax.random.key(seed)
+    return jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
+
+
+def _call_rngs(key: jax.Array) -> nnx.Rngs:
+    dropout_key, masking_key = jax.random.split(key)
+    return nnx.Rngs(dropout=dropout_key, masking=masking_key)
+
+
+def _cast_floats(tree: Any, dtype) -> Any:
+    if dtype is None:
+        return tree
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def _cast_inputs(batch: Batch, dtype) -> Batch:
+    """Cast float inputs to the compute dtype (fp32 inputs would promote bf16 matmuls back to fp32); not `weights`."""
+    return {name: value if name == "weights" else _cast_floats(value, dtype) for name, value in batch.items()}
+
+
+def _as_float32(metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    return {name: jnp.asarray(value, jnp.float32) for name, value in metrics.items()}
+
+
+def _count_items(batch: Batch) -> int:
+    """Tokens for token batches, else rows (images, examples)."""
+    if "token_ids" in batch:
+        return int(np.size(batch["token_ids"]))
+    return len(next(iter(batch.values())))
+
+
+def _item_unit(batch: Batch) -> str:
+    return "tok" if "token_ids" in batch else "ex"
+
+
+def _window_means(window: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    means = {name: float(np.mean([metrics[name] for metrics in window])) for name in window[0]}
+    if "learning_rate" in means:
+        means["learning_rate"] = float(window[-1]["learning_rate"])  # the rate now, not its recent average
+    return means
+
+
+def _raise_if_diverged(window: list[dict[str, np.ndarray]], *, first_step: int, manager: ocp.CheckpointManager) -> None:
+    for offset, metrics in enumerate(window):
+        bad = {name: float(metrics[name]) for name in ("loss", "grad_norm") if not np.isfinite(metrics[name])}
+        if bad:
+            manager.wait_until_finished()
+            last_good = manager.latest_step()
+            where = f"step {last_good} in {manager.directory}" if last_good is not None else "none saved"
+            details = ", ".join(f"{name} = {value}" for name, value in bad.items())
+            raise TrainingDiverged(
+                f"training diverged at step {first_step + offset}: {details}; last good checkpoint: {where} "
+                "(flaxen.train.load_checkpoint restores it); try a lower learning rate or check the data"
+            )
+
+
+def _write_back(model: nnx.Module, state: _TrainState) -> None:
+    """Put the trained state into the user's model; skipped if an interrupted step left donated (deleted) arrays."""
+    leaves = jax.tree.leaves((state.params, state.other))
+    if not any(leaf.is_deleted() for leaf in leaves if isinstance(leaf, jax.Array)):
+        nnx.update(model, state.params, state.other)
