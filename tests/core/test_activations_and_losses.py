@@ -69,3 +69,10 @@ def test_weighted_cross_entropy_ignores_zero_weights_and_handles_all_zero():
     expected = math.log(1 + math.exp(-2.0))
     np.testing.assert_allclose(cross_entropy(logits, labels, jnp.array([1.0, 0.0])), expected, rtol=1e-6)
     assert float(cross_entropy(logits, labels, jnp.zeros(2))) == 0.0
+
+
+def test_per_row_weights_apply_to_every_position_of_the_row():
+    logits = jnp.zeros((2, 3, 4)).at[0, :, 1].set(3.0)
+    labels = jnp.ones((2, 3), jnp.int32)
+    row_weights = jnp.array([[1.0], [0.0]])
+    np.testing.assert_allclose(cross_entropy(logits, labels, row_weights), cross_entropy(logits[:1], labels[:1]), rtol=1e-6)

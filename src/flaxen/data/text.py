@@ -195,3 +195,14 @@ def _load_table(path: PathLike, encoding: str) -> datasets.Dataset:
         raise ValueError(f"could not read {path} as {builder}: {type(reason).__name__}: {reason}") from None
     except ValueError:
         raise ValueError(f"{path} has no rows (only a header?)") from None
+
+
+def table_texts(path: PathLike, text_column: str = "text", *, encoding: str = "utf-8") -> list[str]:
+    """The non-empty texts of one column of a CSV/TSV/JSON/JSONL/parquet file (e.g. to train a tokenizer on)."""
+    table = _load_table(path, encoding)
+    if text_column not in table.column_names:
+        raise ValueError(
+            f"{path} has no column {text_column!r}; its columns are: {', '.join(table.column_names)} "
+            "(choose with text_column=)"
+        )
+    return [str(text) for text in table[text_column] if text is not None and str(text).strip()]

@@ -88,7 +88,9 @@ class Trainer:
         compute_dtype: str | jnp.dtype | None = None,
         progress: bool = True,
         run_info: dict[str, Any] | None = None,
+        augment: Callable[[Batch, jax.Array], Batch] | None = None,
     ):
+        """`augment(batch, key) -> batch` is applied on the device inside the training step only (jittable)."""
         self.model = model
         self.optimizer = optimizer
         self.out_dir = Path(out_dir)
@@ -103,7 +105,7 @@ class Trainer:
         self.progress = progress
         self.run_info = run_info
         model.train()
-        self._train_step = _make_train_step(nnx.graphdef(model), optimizer, self.compute_dtype)
+        self._train_step = _make_train_step(nnx.graphdef(model), optimizer, self.compute_dtype, augment)
         model.eval()
         self._eval_step = _make_eval_step(nnx.graphdef(model), self.compute_dtype)
 
@@ -251,11 +253,16 @@ class Trainer:
         }
 
 
-def _make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, compute_dtype) -> Callable:
+def _make_train_step(
+    graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, compute_dtype, augment: Callable | None = None
+) -> Callable:
     """A jitted pure step (params, opt_state, other, batch, base_key, step) -> (params, opt_state, other, metrics)."""
 
     def train_step(params, opt_state, other, batch, base_key, step):
         key = jax.random.fold_in(base_key, step)
+        if augment is not None:
+            key, augment_key = jax.random.split(key)
+            batch = augment(batch, augment_key)
         inputs = _cast_inputs(batch, compute_dtype)
 
         def loss_fn(params):

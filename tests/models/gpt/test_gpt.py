@@ -120,3 +120,12 @@ def test_bad_configs_are_refused():
     with pytest.raises(ValueError, match="holds a BertConfig"):
         from flaxen import BertConfig
         GPTConfig.from_json(BertConfig.tiny().to_json())
+
+
+def test_evaluation_row_weights_drop_filler_rows_from_the_language_model_loss():
+    lm = model()
+    token_ids = random_ids((3, 8))
+    full, _ = lm.loss({"token_ids": token_ids[:2]})
+    weighted, metrics = lm.loss({"token_ids": token_ids, "weights": jnp.array([1.0, 1.0, 0.0])})
+    np.testing.assert_allclose(weighted, full, rtol=1e-6)
+    assert 0.0 <= float(metrics["accuracy"]) <= 1.0

@@ -1,0 +1,54 @@
+"""Run folders: what a training run leaves behind, and loading it back as a model (+ tokenizer)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from flax import nnx
+
+from flaxen import text as ftext
+from flaxen.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification
+from flaxen.models.gpt import GPTConfig, GPTForCausalLM, GPTForSequenceClassification
+from flaxen.models.vit import ViTConfig, ViTForImageClassification
+from flaxen.train.checkpoints import CONFIG_FILE, RUN_FILE, load_checkpoint
+
+TOKENIZER_FILE = "tokenizer.json"
+MODEL_CLASSES = {
+    cls.__name__: cls
+    for cls in (GPTForCausalLM, GPTForSequenceClassification, BertForMaskedLM, BertForSequenceClassification, ViTForImageClassification)
+}
+CONFIG_CLASSES = {cls.__name__: cls for cls in (GPTConfig, BertConfig, ViTConfig)}
+
+
+class Run(NamedTuple):
+    folder: Path
+    model: nnx.Module
+    tokenizer: Any  # tokenizers.Tokenizer, or None for image models
+    info: dict[str, Any]  # run.json
+    step: int  # the checkpoint loaded
+
+
+def read_run_file(folder: str | Path) -> dict[str, Any]:
+    """The run.json of a run folder; ValueError if the folder is not a flaxen run."""
+    path = Path(folder) / RUN_FILE
+    if not path.is_file():
+        raise ValueError(f"{folder} is not a flaxen run folder (it has no {RUN_FILE}); give the --out folder of a training run")
+    return json.loads(path.read_text())
+
+
+def load_run(folder: str | Path, *, step: int | None = None) -> Run:
+    """Build the run's model from its config.json and fill it from its best (else latest) checkpoint."""
+    folder = Path(folder)
+    info = read_run_file(folder)
+    model_class = MODEL_CLASSES.get(info.get("model_class"))
+    if model_class is None:
+        raise ValueError(f"{folder} holds a {info.get('model_class')!r} run, which flaxen cannot load")
+    config_values = json.loads((folder / CONFIG_FILE).read_text())
+    config = CONFIG_CLASSES[config_values.get("config_class")].from_json(folder / CONFIG_FILE)
+    model = nnx.eval_shape(lambda: model_class(config, rngs=nnx.Rngs(0)))
+    loaded_step = load_checkpoint(model, folder, step)
+    model.eval()
+    tokenizer = ftext.load_tokenizer(folder / TOKENIZER_FILE) if (folder / TOKENIZER_FILE).exists() else None
+    return Run(folder, model, tokenizer, info, loaded_step)

@@ -1,0 +1,144 @@
+"""The command line at tiny size: every journey runs, and bad input gets one line, exit code 2, nothing touched."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flaxen.cli import main
+
+WORDS = "the king queen love night day sword crown blood heart fair foul sweet death life honour".split()
+TRAIN = ["--preset", "tiny", "--steps", "4", "--batch-size", "4", "--eval-every", "2", "--no-progress"]
+
+
+def write_text(path: Path, words: int, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    lines = [" ".join(rng.choice(WORDS, 12)) + "." for _ in range(words // 12)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_table(path: Path, rows: int = 60, labels=("negative", "positive")) -> Path:
+    rng = np.random.default_rng(0)
+    lines = ["text,label"] + [f"{' '.join(rng.choice(WORDS, 6))},{labels[i % len(labels)]}" for i in range(rows)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_images(folder: Path, sizes=((8, 8),)) -> Path:
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        for i in range(12):
+            size = sizes[i % len(sizes)]
+            Image.fromarray(rng.integers(0, 255, size, dtype=np.uint8)).save(folder / label / f"{i}.png")
+    return folder
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    texts = [str(write_text(root / f"doc{i}.txt", 1500, i)) for i in range(2)]
+    runs = {"gpt": root / "gpt", "mlm": root / "mlm", "clf": root / "clf", "vit": root / "vit"}
+    assert main(["pretrain", "gpt", "--data", *texts, "--vocab-size", "300", "--out", str(runs["gpt"]), *TRAIN]) == 0
+    assert main(["pretrain", "bert", "--data", *texts, "--vocab-size", "200", "--max-length", "32", "--out", str(runs["mlm"]), *TRAIN]) == 0
+    table = write_table(root / "tweets.csv")
+    assert main(["finetune", "bert", "--from", str(runs["mlm"]), "--data", str(table), "--max-length", "16", "--out", str(runs["clf"]), *TRAIN]) == 0
+    images = write_images(root / "images")
+    assert main(["train", "vit", "--images", str(images), "--patch-size", "4", "--out", str(runs["vit"]), *TRAIN]) == 0
+    return {"root": root, "texts": texts, "table": table, "images": images, **runs}
+
+
+@pytest.mark.parametrize("run", ["gpt", "mlm", "clf", "vit"])
+def test_each_journey_leaves_a_complete_run_folder(workspace, run):
+    folder = workspace[run]
+    for name in ("config.json", "run.json", "metrics.jsonl", "loss_curve.png", "checkpoints"):
+        assert (folder / name).exists(), name
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert {r["split"] for r in records} == {"train", "validation"}
+    assert (folder / "tokenizer.json").exists() == (run != "vit")
+
+
+def test_generate_prints_the_prompt_and_new_text(workspace, capsys):
+    assert main(["generate", "--run", str(workspace["gpt"]), "--prompt", "the king", "--prompt", "love",
+                 "--max-new-tokens", "8", "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("the king") and "\nlove" in out
+
+
+@pytest.mark.parametrize("run", ["gpt", "clf", "vit"])
+def test_eval_scores_the_run_on_its_validation_data(workspace, run, capsys):
+    assert main(["eval", "--run", str(workspace[run])]) == 0
+    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert np.isfinite(scores["loss"]) and 0.0 <= scores["accuracy"] <= 1.0
+
+
+def test_resume_continues_a_run_to_more_steps(workspace, capsys):
+    texts = workspace["texts"]
+    args = ["pretrain", "gpt", "--data", *texts, "--vocab-size", "300", "--out", str(workspace["gpt"])]
+    assert main([*args, *TRAIN[:2], "--steps", "6", *TRAIN[4:], "--resume"]) == 0
+    steps = [json.loads(line)["step"] for line in (workspace["gpt"] / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 6
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(workspace):
+    ws = workspace
+    texts, table, images = ws["texts"], ws["table"], ws["images"]
+    root = ws["root"]
+    empty = root / "empty.txt"
+    empty.write_text("")
+    binary = root / "binary.txt"
+    binary.write_bytes(bytes(range(128, 256)) * 8)
+    short = root / "short.txt"
+    short.write_text("the king")
+    no_label = root / "no_label.csv"
+    no_label.write_text("text,stars\nfair day,5\nfoul night,1\n")
+    three_labels = write_table(root / "three.csv", labels=("negative", "neutral", "positive"))
+    mixed = write_images(root / "mixed", sizes=((8, 8), (10, 10)))
+    gpt = ["pretrain", "gpt", "--vocab-size", "300", *TRAIN]
+    return {
+        "missing file": ([*gpt, "--data", str(root / "nope.txt"), "--out", str(root / "new1")], "no such file"),
+        "empty file": ([*gpt, "--data", str(empty), "--out", str(root / "new2")], "empty"),
+        "undecodable text": ([*gpt, "--data", str(binary), "--out", str(root / "new3")], "encoding"),
+        "text shorter than a block": ([*gpt, "--data", str(short), "--out", str(root / "new4")], "tokens"),
+        "missing label column": (["finetune", "bert", "--data", str(no_label), "--out", str(root / "new5"), *TRAIN], "no column 'label'"),
+        "more labels than the head": (["finetune", "bert", "--data", str(three_labels), "--num-labels", "2", "--out", str(root / "new6"), *TRAIN], "3"),
+        "images of mixed sizes": (["train", "vit", "--images", str(mixed), "--out", str(root / "new7"), *TRAIN], "size"),
+        "resume a run of another model": ([*gpt, "--data", *texts, "--out", str(ws["vit"]), "--resume"], "ViTForImageClassification run"),
+        "out folder holds a run": ([*gpt, "--data", *texts, "--out", str(ws["gpt"])], "--resume"),
+        "bad preset": ([*gpt[:-len(TRAIN)], "--preset", "huge", "--data", *texts, "--out", str(root / "new8")], "unknown preset"),
+        "unknown flag": (["train", "vit", "--wings"], "unrecognized arguments"),
+        "generate from a ViT run": (["generate", "--run", str(ws["vit"])], "needs a GPT run"),
+        "eval of a non-run folder": (["eval", "--run", str(root)], "not a flaxen run folder"),
+    }
+
+
+CASES = [
+    "missing file", "empty file", "undecodable text", "text shorter than a block", "missing label column",
+    "more labels than the head", "images of mixed sizes", "resume a run of another model", "out folder holds a run",
+    "bad preset", "unknown flag", "generate from a ViT run", "eval of a non-run folder",
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_gets_one_line_exit_two_and_changes_nothing(workspace, bad_inputs, case, capsys):
+    argv, expected = bad_inputs[case]
+    before = {name: snapshot(workspace[name]) for name in ("gpt", "vit")}
+    capsys.readouterr()
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("flaxen: error:"), captured.err
+    assert expected in lines[0]
+    assert "Traceback" not in captured.err + captured.out
+    assert {name: snapshot(workspace[name]) for name in ("gpt", "vit")} == before
+    for i in range(1, 9):
+        assert not (workspace["root"] / f"new{i}").exists()
