@@ -11,7 +11,9 @@ from flax import nnx
 from flaxen.core import Activation, PositionEmbedding, TransformerConfig, TransformerStack, as_rngs, masks
 from flaxen.core.losses import accuracy, cross_entropy
 from flaxen.core.mlm import mask_tokens
+from flaxen.core.pretrained import PretrainedMixin
 from flaxen.core.validation import check_same_shape, check_token_ids
+from flaxen.models.bert import params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +46,10 @@ class BertConfig(TransformerConfig):
         return cls(**base | overrides)
 
 
-class Bert(nnx.Module):
+class Bert(PretrainedMixin, nnx.Module):
     """Backbone: word + position + token-type embeddings, LayerNorm, post-LN blocks -> (B, T, D); `pool` gives [CLS]."""
+
+    params_table = params.BERT
 
     def __init__(self, config: BertConfig, *, add_pooler: bool = True, rngs: nnx.Rngs):
         self.config = config
@@ -104,8 +108,10 @@ class MaskedLMHead(nnx.Module):
         return logits + self.bias[...].astype(logits.dtype)
 
 
-class BertForMaskedLM(nnx.Module):
+class BertForMaskedLM(PretrainedMixin, nnx.Module):
     """Pretrain head: masked-token prediction; `loss` masks on the device and scores only the chosen slots."""
+
+    params_table = params.BERT
 
     def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
         self.config = config
@@ -145,8 +151,10 @@ class BertForMaskedLM(nnx.Module):
         return loss, {"loss": loss, "accuracy": accuracy(logits, masked.labels, weights)}
 
 
-class BertForSequenceClassification(nnx.Module):
+class BertForSequenceClassification(PretrainedMixin, nnx.Module):
     """Finetune head: dropout and a linear classifier on the pooled [CLS]."""
+
+    params_table = params.BERT
 
     def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
         self.config = config

@@ -12,7 +12,9 @@ from flax import nnx
 from flaxen.core import PositionEmbedding, TransformerConfig, TransformerStack, as_rngs, masks
 from flaxen.core.kv_cache import KVCache
 from flaxen.core.losses import accuracy, cross_entropy, position_weights
+from flaxen.core.pretrained import PretrainedMixin
 from flaxen.core.validation import check_same_shape, check_token_ids
+from flaxen.models.gpt import params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +41,10 @@ class GPTConfig(TransformerConfig):
         return cls(**{"vocab_size": 50257, "context_length": 1024, "hidden_size": 768, "num_layers": 12, "num_heads": 12, "mlp_dim": 3072} | overrides)
 
 
-class GPT(nnx.Module):
+class GPT(PretrainedMixin, nnx.Module):
     """Backbone: token + position embeddings, causal pre-LN blocks, final LayerNorm -> (B, T, D)."""
+
+    params_table = params.GPT2
 
     def __init__(self, config: GPTConfig, *, rngs: nnx.Rngs):
         self.config = config
@@ -91,8 +95,10 @@ class GPT(nnx.Module):
         )
 
 
-class GPTForCausalLM(nnx.Module):
+class GPTForCausalLM(PretrainedMixin, nnx.Module):
     """Pretrain head: next-token logits from the token embedding itself (tied weights)."""
+
+    params_table = params.GPT2
 
     def __init__(self, config: GPTConfig, *, rngs: nnx.Rngs):
         self.config = config
@@ -113,8 +119,10 @@ class GPTForCausalLM(nnx.Module):
         return loss, {"loss": loss, "accuracy": accuracy(logits, targets, weights)}
 
 
-class GPTForSequenceClassification(nnx.Module):
+class GPTForSequenceClassification(PretrainedMixin, nnx.Module):
     """Finetune head: a linear classifier on each row's last non-padding position."""
+
+    params_table = params.GPT2
 
     def __init__(self, config: GPTConfig, *, rngs: nnx.Rngs):
         self.config = config

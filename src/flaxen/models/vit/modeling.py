@@ -12,7 +12,9 @@ from flax import nnx
 
 from flaxen.core import PatchEmbedding, TransformerConfig, TransformerStack, as_rngs
 from flaxen.core.losses import accuracy, cross_entropy
+from flaxen.core.pretrained import PretrainedMixin
 from flaxen.core.resample import resample_grid
+from flaxen.models.vit import params
 
 # width, depth, heads, MLP width (ViT paper, big_vision).
 VARIANTS = {
@@ -70,8 +72,10 @@ class ViTConfig(TransformerConfig):
         return cls(**base | overrides)
 
 
-class ViT(nnx.Module):
+class ViT(PretrainedMixin, nnx.Module):
     """Backbone: (B, H, W, C) images -> (B, 1 + patches, D) after the final LayerNorm; index 0 is [CLS]."""
+
+    params_table = params.VIT
 
     def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs):
         self.config = config
@@ -130,8 +134,10 @@ def resample_position_embeddings(position_embedding: jax.Array, grid: tuple[int,
     return jnp.concatenate([cls, resampled.reshape(grid[0] * grid[1], -1)], axis=0)
 
 
-class ViTForImageClassification(nnx.Module):
+class ViTForImageClassification(PretrainedMixin, nnx.Module):
     """Classifier on [CLS]: with `representation_size`, the pretrain pre-logits tanh layer comes first."""
+
+    params_table = params.VIT
 
     def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs):
         self.config = config
