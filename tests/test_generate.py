@@ -16,11 +16,18 @@ def model():
 
 
 def uncached_greedy(model, prompt, steps):
-    sequence = jnp.asarray(prompt, jnp.int32)[None]
-    for _ in range(steps):
-        next_id = jnp.argmax(model(sequence)[:, -1], axis=-1).astype(jnp.int32)
-        sequence = jnp.concatenate([sequence, next_id[:, None]], axis=1)
-    return np.asarray(sequence[0, len(prompt) :])
+    """Greedy decoding without a cache: re-run the whole (right-padded, fixed-shape) sequence every step.
+
+    Causality makes the padding after position t irrelevant to the logits at t, so one compiled shape serves all steps.
+    """
+    length = len(prompt) + steps
+    forward = nnx.jit(lambda m, ids: m(ids))
+    sequence = np.zeros((1, length), np.int32)
+    sequence[0, : len(prompt)] = prompt
+    for position in range(len(prompt), length):
+        logits = forward(model, jnp.asarray(sequence))
+        sequence[0, position] = int(jnp.argmax(logits[0, position - 1]))
+    return sequence[0, len(prompt) :]
 
 
 def test_cached_greedy_decoding_equals_uncached_for_left_padded_prompts_of_different_lengths(model):
