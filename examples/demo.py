@@ -36,7 +36,7 @@ def main() -> None:
         config=flaxen.BertConfig.small(max_positions=64, **SMALL)))
     vit = timed("ViT on MNIST-5k", lambda: vit_mnist.main(
         steps=600, out_dir="runs/demo/vit",
-        config=flaxen.ViTConfig.small(patch_size=4, dropout=0.0, **SMALL)))
+        config=flaxen.ViTConfig.small(image_size=28, channels=1, patch_size=7, **SMALL)))
 
     print("\n== Results")
     print(f"GPT  validation loss {gpt['start_validation_loss']:.3f} -> {gpt['validation_loss']:.3f}  "
