@@ -34,6 +34,8 @@ def _training_arguments(parser: argparse.ArgumentParser, *, presets: str, defaul
     parser.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default=None,
                         help="compute precision; parameters stay float32 (default: float32)")
     parser.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
+    parser.add_argument("--fsdp", type=int, default=1, help="devices that split each parameter and its optimizer state "
+                        "(fully sharded data parallel); every device takes a share of each batch (default: %(default)s)")
     parser.add_argument("--out", default=out, help="run folder for config, tokenizer, checkpoints, metrics, plot (default: %(default)s)")
     resume = parser.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
@@ -141,7 +143,7 @@ def _run(args: argparse.Namespace) -> int:
     options = {
         "steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.lr, "warmup": args.warmup,
         "weight_decay": args.weight_decay, "eval_every": args.eval_every, "seed": args.seed,
-        "compute_dtype": args.compute_dtype, "progress": not args.no_progress,
+        "compute_dtype": args.compute_dtype, "progress": not args.no_progress, "fsdp": args.fsdp,
         "resume": args.resume, "overwrite": args.overwrite, "preset": args.preset,
         "config_overrides": {"dropout": args.dropout} if args.dropout is not None else None,
     }

@@ -23,7 +23,9 @@ from flaxen.runs import MODEL_CLASSES, RUN_FILE, TOKENIZER_FILE, load_run, read_
 from flaxen.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification
 from flaxen.models.gpt import GPTConfig, GPTForCausalLM
 from flaxen.models.vit import ViTConfig, ViTForImageClassification
-from flaxen.train import Trainer, adamw
+from flaxen.train import Trainer, adamw, make_mesh
+from flaxen.train.checkpoints import PARTIAL_SUFFIX, write_atomically, write_run_files
+from flaxen.train.sharding import check_batch_size
 
 GPT_PRESETS = {"tiny": GPTConfig.tiny, "small": GPTConfig.small, "gpt2": GPTConfig.gpt2}
 BERT_PRESETS = {"tiny": BertConfig.tiny, "small": BertConfig.small, "bert_base": BertConfig.bert_base}
@@ -41,10 +43,17 @@ def training_options(
     seed: int = 0,
     compute_dtype: str | None = None,
     progress: bool = True,
+    fsdp: int = 1,
 ) -> dict[str, Any]:
-    """Trainer and optimizer settings shared by every recipe, checked up front."""
+    """Trainer and optimizer settings shared by every recipe, checked up front.
+
+    The run uses every device: `fsdp` of them split each parameter and its optimizer state, and all of them
+    split each batch (so `batch_size` must divide by the device count).
+    """
     if steps < 1 or batch_size < 1 or learning_rate <= 0:
         raise ValueError(f"need steps >= 1, batch_size >= 1 and learning_rate > 0 (got {steps}, {batch_size}, {learning_rate})")
+    mesh = make_mesh(fsdp=fsdp)
+    check_batch_size(batch_size, mesh)
     return {
         "steps": steps,
         "batch_size": batch_size,
@@ -55,6 +64,7 @@ def training_options(
         "seed": seed,
         "compute_dtype": compute_dtype,
         "progress": progress,
+        "mesh": mesh,
     }
 
 
@@ -223,14 +233,19 @@ def vit_config(preset: str, *, image_size: int, channels: int, num_labels: int, 
 
 def _fit(model, splits: DataSplits, out_dir: Path, tokenizer, options, run_info, *, resume, overwrite, augment=None):
     """Everything is checked; now write the run folder and train."""
+    run_info = run_info | {"seed": options["seed"]}
     out_dir.mkdir(parents=True, exist_ok=True)
+    # The run files before the tokenizer: run.json marks the folder as a flaxen run, so a run killed at any later
+    # moment can be resumed (and a resumed run without a tokenizer.json trains the same tokenizer again).
+    if not (resume and (out_dir / RUN_FILE).exists()):
+        write_run_files(model, out_dir, run_info)
     if tokenizer is not None and not (resume and (out_dir / TOKENIZER_FILE).exists()):
-        ftext.save_tokenizer(tokenizer, out_dir)
+        write_atomically(out_dir / TOKENIZER_FILE, tokenizer.to_str(pretty=True))
     optimizer = adamw(options["learning_rate"], warmup=options["warmup"], total=options["steps"], weight_decay=options["weight_decay"])
     trainer = Trainer(
         model, optimizer, out_dir, seed=options["seed"], batch_size=options["batch_size"],
         eval_every=options["eval_every"], compute_dtype=options["compute_dtype"], progress=options["progress"],
-        run_info=run_info | {"seed": options["seed"]}, augment=augment,
+        run_info=run_info, augment=augment, mesh=options["mesh"],
     )
     final = trainer.fit(splits, options["steps"], resume=resume, overwrite=overwrite)
     return {"run": str(out_dir), **final}
@@ -243,7 +258,8 @@ def _check_out_dir(out_dir: str | Path, model_class: type, *, resume: bool, over
         raise ValueError(f"--out {out_dir} is a file, not a folder")
     if resume and overwrite:
         raise ValueError("--resume and --overwrite contradict each other; pass one")
-    if not out_dir.is_dir() or not any(out_dir.iterdir()) or overwrite:
+    # A file still being written by a killed run's first moments does not make the folder taken.
+    if not out_dir.is_dir() or all(path.name.endswith(PARTIAL_SUFFIX) for path in out_dir.iterdir()) or overwrite:
         return out_dir
     if not (out_dir / RUN_FILE).exists():
         raise ValueError(f"--out {out_dir} already holds files that are not a flaxen run; choose an empty or new folder")

@@ -1,7 +1,17 @@
-"""Training: AdamW with warmup + cosine, the Trainer loop, and run-folder checkpoints."""
+"""Training: AdamW with warmup + cosine, the Trainer loop, run-folder checkpoints, and device meshes (data + FSDP)."""
 
 from flaxen.train.checkpoints import load_checkpoint
 from flaxen.train.optim import adamw, learning_rate_schedule
+from flaxen.train.sharding import ShardingRules, make_mesh, parameter_sharding
 from flaxen.train.trainer import Trainer, TrainingDiverged
 
-__all__ = ["Trainer", "TrainingDiverged", "adamw", "learning_rate_schedule", "load_checkpoint"]
+__all__ = [
+    "ShardingRules",
+    "Trainer",
+    "TrainingDiverged",
+    "adamw",
+    "learning_rate_schedule",
+    "load_checkpoint",
+    "make_mesh",
+    "parameter_sharding",
+]

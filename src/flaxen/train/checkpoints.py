@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, L
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
 RUN_FILE = "run.json"
+PARTIAL_SUFFIX = ".partial"  # a file being written by `write_atomically`
 
 
 def _validation_loss(metrics: dict[str, float]) -> float:
@@ -105,10 +107,20 @@ def load_checkpoint(model: nnx.Module, out_dir: str | Path, step: int | None = N
 
 
 def write_run_files(model: nnx.Module, out_dir: Path, run_info: dict[str, Any] | None) -> None:
-    """Write config.json (the model config) and run.json (model class + run_info) into the run folder."""
-    model.config.to_json(out_dir / CONFIG_FILE)
+    """Write run.json (model class + run_info) and config.json (the model config) into the run folder.
+
+    run.json comes first: it marks the folder as a run, so a run killed after it can be resumed.
+    """
     run = {"model_class": type(model).__name__, **(run_info or {})}
-    (out_dir / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
+    write_atomically(out_dir / RUN_FILE, json.dumps(run, indent=2) + "\n")
+    write_atomically(out_dir / CONFIG_FILE, model.config.to_json() + "\n")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace `path` by `text` in one step: a crash leaves the old file or the new one, never half of it."""
+    partial = path.with_name(path.name + PARTIAL_SUFFIX)
+    partial.write_text(text)
+    os.replace(partial, path)
 
 
 def check_model_class(model: nnx.Module, out_dir: Path) -> None:

@@ -8,19 +8,22 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from flaxen.train.checkpoints import write_atomically
+
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """All records of a metrics.jsonl file (empty if it does not exist)."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    # Every record ends with a newline; a last line without one was torn by a crash mid-write, and is dropped.
+    return [json.loads(line) for line in path.read_text().split("\n")[:-1] if line.strip()]
 
 
 def drop_records_after(path: Path, step: int) -> None:
     """Keep only records up to `step`: a resumed run re-logs the steps after its checkpoint."""
     kept = [record for record in read_metrics(path) if record["step"] <= step]
-    path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+    write_atomically(path, "".join(json.dumps(record) + "\n" for record in kept))
 
 
 def plot_metrics(metrics_path: str | Path, png_path: str | Path) -> None:

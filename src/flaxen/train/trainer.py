@@ -1,4 +1,8 @@
-"""The training loop: one jitted pure step over split NNX state, evaluation, logging and checkpoints."""
+"""The training loop: one jitted pure step over split NNX state, evaluation, logging and checkpoints.
+
+The state lives on a device mesh (`flaxen.train.sharding`): batches split over all devices, parameters and
+optimizer state split over the `fsdp` axis by the rule table; with one device it is plain single-device training.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding
 from tqdm.auto import tqdm
 
 from flaxen.train.checkpoints import (
@@ -27,6 +32,14 @@ from flaxen.train.checkpoints import (
 )
 from flaxen.train.metrics import drop_records_after, plot_metrics
 from flaxen.train.optim import current_learning_rate
+from flaxen.train.sharding import (
+    ShardingRules,
+    batch_sharding,
+    check_batch_size,
+    make_mesh,
+    parameter_sharding,
+    replicated,
+)
 
 Batch = dict[str, Any]
 METRICS_FILE = "metrics.jsonl"
@@ -69,7 +82,7 @@ class Trainer:
     """Trains any NNX model that offers `loss(batch, *, rngs) -> (loss, metrics)` with an optax optimizer.
 
     Construction switches the model to eval mode (training uses a train-mode copy of its graph), and `fit` writes
-    the trained weights back into the model.
+    the trained weights back into the model (as arrays sharded over `mesh`).
     """
 
     def __init__(
@@ -89,8 +102,14 @@ class Trainer:
         progress: bool = True,
         run_info: dict[str, Any] | None = None,
         augment: Callable[[Batch, jax.Array], Batch] | None = None,
+        mesh: Mesh | None = None,
+        sharding_rules: ShardingRules = ShardingRules(),
     ):
-        """`augment(batch, key) -> batch` is applied on the device inside the training step only (jittable)."""
+        """`augment(batch, key) -> batch` is applied on the device inside the training step only (jittable).
+
+        `mesh` (default: all devices on the `data` axis) says where the state and the batches live, and
+        `sharding_rules` which arrays its `fsdp` axis splits; `batch_size` must divide by the mesh's device count.
+        """
         self.model = model
         self.optimizer = optimizer
         self.out_dir = Path(out_dir)
@@ -104,15 +123,33 @@ class Trainer:
         self.compute_dtype = None if compute_dtype is None else jnp.dtype(compute_dtype)
         self.progress = progress
         self.run_info = run_info
+        self.mesh = mesh or make_mesh()
+        check_batch_size(batch_size, self.mesh)
+        params, other = nnx.state(model, nnx.Param, ...)
+        self._state_sharding = _TrainState(  # a _TrainState of NamedShardings
+            parameter_sharding(params, self.mesh, sharding_rules),
+            parameter_sharding(jax.eval_shape(optimizer.init, params), self.mesh, sharding_rules),
+            jax.tree.map(lambda _: replicated(self.mesh), other),
+        )
+        self._batch_sharding = batch_sharding(self.mesh)
         model.train()
-        self._train_step = _make_train_step(nnx.graphdef(model), optimizer, self.compute_dtype, augment)
+        self._train_step = _make_train_step(
+            nnx.graphdef(model), optimizer, self.compute_dtype, self._state_sharding, self._batch_sharding, augment
+        )
         model.eval()
-        self._eval_step = _make_eval_step(nnx.graphdef(model), self.compute_dtype)
+        self._eval_step = _make_eval_step(
+            nnx.graphdef(model), self.compute_dtype, self._state_sharding, self._batch_sharding
+        )
 
     def evaluate(self, dataset: Dataset) -> dict[str, float]:
         """Metrics of the model's current weights over one pass of `dataset` (weighted means, no dropout)."""
-        params, other = nnx.state(self.model, nnx.Param, ...)
+        params, other = self._placed_model_state()
         return self._evaluate(params, other, dataset, _run_keys(self.seed)[1])
+
+    def _placed_model_state(self) -> tuple[nnx.State, nnx.State]:
+        """The model's parameters and other variables, moved to their shardings on the mesh."""
+        state = nnx.state(self.model, nnx.Param, ...)
+        return jax.device_put(state, (self._state_sharding.params, self._state_sharding.other))
 
     def fit(self, data: Splits, steps: int, resume: bool = False, overwrite: bool = False) -> dict[str, float]:
         """Train until `steps` batches have been seen; `resume` continues the latest checkpoint's run (its seed too).
@@ -148,11 +185,14 @@ class Trainer:
                 )
             for step in manager.all_steps():
                 manager.delete(step)
-        params, other = nnx.state(self.model, nnx.Param, ...)
-        state = _TrainState(params, self.optimizer.init(params), other)
+        params, other = self._placed_model_state()
+        opt_state = jax.jit(self.optimizer.init, out_shardings=self._state_sharding.opt_state)(params)
+        state = _TrainState(params, opt_state, other)
         if resume and latest is not None:
+            # The placed state is the template: orbax reads each array straight into its sharding on this mesh,
+            # whatever mesh saved it.
             model_state, state.opt_state, progress = restore_checkpoint(
-                manager, latest, nnx.state(self.model), state.opt_state
+                manager, latest, nnx.merge_state(params, other), opt_state
             )
             state.params, state.other = nnx.split_state(model_state, nnx.Param, ...)
             drop_records_after(metrics_path, latest)
@@ -171,7 +211,7 @@ class Trainer:
         metrics_file: TextIO,
     ) -> dict[str, float]:
         """Train from `start` to `steps`, updating `state` in place (so the caller sees it even after an error)."""
-        train_key, eval_key = _run_keys(start.seed)
+        train_key, eval_key = jax.device_put(_run_keys(start.seed), replicated(self.mesh))
         batches = data.train.batches(self.batch_size, seed=start.seed, start_step=start.step)
         final: dict[str, float] = {"step": max(steps, start.step)}
         window: list[dict[str, jax.Array]] = []  # device metrics since the last log line
@@ -194,7 +234,8 @@ class Trainer:
             for step in range(start.step, steps):
                 host_batch = next(batches)
                 state.params, state.opt_state, state.other, metrics = self._train_step(
-                    state.params, state.opt_state, state.other, jax.device_put(host_batch), train_key, step
+                    state.params, state.opt_state, state.other,
+                    jax.device_put(host_batch, self._batch_sharding), train_key, step,
                 )
                 window.append(metrics)
                 window_items += _count_items(host_batch)
@@ -222,8 +263,12 @@ class Trainer:
                     scores = self._evaluate(state.params, state.other, data.validation, eval_key)
                     log({"step": done, "split": "validation", **scores, "elapsed": elapsed()})
                     validation_loss = scores["loss"]
+                    if not np.isfinite(validation_loss):
+                        raise _diverged(done, f"validation loss = {validation_loss}", manager)
                     postfix["val_loss"] = f"{validation_loss:.4f}"
                 if is_checkpoint:
+                    if not _all_finite(state.params):  # an update can overflow even when its loss was finite
+                        raise _diverged(done, "the parameters hold NaN or Inf", manager)
                     save_checkpoint(
                         manager, done, nnx.merge_state(state.params, state.other), state.opt_state,
                         seed=start.seed, elapsed=elapsed(), validation_loss=validation_loss,
@@ -240,7 +285,7 @@ class Trainer:
     def _evaluate(self, params: nnx.State, other: nnx.State, dataset: Dataset, key: jax.Array) -> dict[str, float]:
         batches = itertools.islice(dataset.epoch_batches(self.batch_size), self.eval_batches)
         results = [
-            self._eval_step(params, other, jax.device_put(batch), jax.random.fold_in(key, index))
+            self._eval_step(params, other, jax.device_put(batch, self._batch_sharding), jax.random.fold_in(key, index))
             for index, batch in enumerate(batches)
         ]
         results = jax.device_get(results)
@@ -254,9 +299,17 @@ class Trainer:
 
 
 def _make_train_step(
-    graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, compute_dtype, augment: Callable | None = None
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    compute_dtype,
+    state_sharding: _TrainState,
+    batch_sharding: NamedSharding,
+    augment: Callable | None = None,
 ) -> Callable:
-    """A jitted pure step (params, opt_state, other, batch, base_key, step) -> (params, opt_state, other, metrics)."""
+    """A jitted pure step (params, opt_state, other, batch, base_key, step) -> (params, opt_state, other, metrics).
+
+    Inputs and outputs carry their mesh shardings, so XLA's SPMD partitioner inserts the collectives.
+    """
 
     def train_step(params, opt_state, other, batch, base_key, step):
         key = jax.random.fold_in(base_key, step)
@@ -279,10 +332,19 @@ def _make_train_step(
             metrics["learning_rate"] = learning_rate
         return params, opt_state, other, _as_float32(metrics)
 
-    return jax.jit(train_step, donate_argnums=(0, 1, 2))
+    state = (state_sharding.params, state_sharding.opt_state, state_sharding.other)
+    whole = replicated(batch_sharding.mesh)
+    return jax.jit(
+        train_step,
+        in_shardings=(*state, batch_sharding, whole, whole),
+        out_shardings=(*state, whole),
+        donate_argnums=(0, 1, 2),
+    )
 
 
-def _make_eval_step(graphdef: nnx.GraphDef, compute_dtype) -> Callable:
+def _make_eval_step(
+    graphdef: nnx.GraphDef, compute_dtype, state_sharding: _TrainState, batch_sharding: NamedSharding
+) -> Callable:
     """A jitted step (params, other, batch, key) -> (metrics, weight), weight = number of real rows in the batch."""
 
     def eval_step(params, other, batch, key):
@@ -291,7 +353,12 @@ def _make_eval_step(graphdef: nnx.GraphDef, compute_dtype) -> Callable:
         weight = batch["weights"].sum() if "weights" in batch else len(next(iter(batch.values())))
         return _as_float32({"loss": loss, **metrics}), jnp.asarray(weight, jnp.float32)
 
-    return jax.jit(eval_step)
+    whole = replicated(batch_sharding.mesh)
+    return jax.jit(
+        eval_step,
+        in_shardings=(state_sharding.params, state_sharding.other, batch_sharding, whole),
+        out_shardings=whole,
+    )
 
 
 def _run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
@@ -342,14 +409,24 @@ def _raise_if_diverged(window: list[dict[str, np.ndarray]], *, first_step: int, 
     for offset, metrics in enumerate(window):
         bad = {name: float(metrics[name]) for name in ("loss", "grad_norm") if not np.isfinite(metrics[name])}
         if bad:
-            manager.wait_until_finished()
-            last_good = manager.latest_step()
-            where = f"step {last_good} in {manager.directory}" if last_good is not None else "none saved"
             details = ", ".join(f"{name} = {value}" for name, value in bad.items())
-            raise TrainingDiverged(
-                f"training diverged at step {first_step + offset}: {details}; last good checkpoint: {where} "
-                "(flaxen.train.load_checkpoint restores it); try a lower learning rate or check the data"
-            )
+            raise _diverged(first_step + offset, details, manager)
+
+
+def _diverged(step: int, details: str, manager: ocp.CheckpointManager) -> TrainingDiverged:
+    """The error for divergence at `step`, naming the last checkpoint saved (after pending saves complete)."""
+    manager.wait_until_finished()
+    last_good = manager.latest_step()
+    where = f"step {last_good} in {manager.directory}" if last_good is not None else "none saved"
+    return TrainingDiverged(
+        f"training diverged at step {step}: {details}; last good checkpoint: {where} "
+        "(flaxen.train.load_checkpoint restores it); try a lower learning rate or check the data"
+    )
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.isfinite(leaf).all() for leaf in jax.tree.leaves(tree)]))
 
 
 def _write_back(model: nnx.Module, state: _TrainState) -> None:
