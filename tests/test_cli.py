@@ -142,3 +142,15 @@ def test_bad_input_gets_one_line_exit_two_and_changes_nothing(workspace, bad_inp
     assert {name: snapshot(workspace[name]) for name in ("gpt", "vit")} == before
     for i in range(1, 9):
         assert not (workspace["root"] / f"new{i}").exists()
+
+
+def test_a_run_folder_loads_with_from_pretrained_as_its_final_weights(workspace):
+    import jax.numpy as jnp
+
+    from flaxen import GPTForCausalLM, ViTForImageClassification
+    from flaxen.runs import load_run
+
+    for name, cls, inputs in (("gpt", GPTForCausalLM, jnp.ones((1, 5), jnp.int32)), ("vit", ViTForImageClassification, jnp.ones((1, 8, 8, 1)))):
+        final_step = max(json.loads(line)["step"] for line in (workspace[name] / "metrics.jsonl").read_text().splitlines())
+        from_checkpoint = load_run(workspace[name], step=final_step).model
+        np.testing.assert_array_equal(cls.from_pretrained(workspace[name])(inputs), from_checkpoint(inputs))

@@ -364,8 +364,25 @@ def _initialise(cls, config, prefix: str, paths: set[str], rngs: nnx.Rngs) -> di
 # ----------------------------------------------------------------------------------------------------- saving
 
 
+def save_weights(model: nnx.Module, file: str | Path) -> Path:
+    """The model's parameters under flaxen's names in one safetensors file, written atomically (temporary + rename)."""
+    file = Path(file)
+    partial = file.with_name(file.name + ".partial")
+    save_file(_contiguous(_flaxen_params(model)), partial, metadata={"format": "flaxen"})
+    partial.replace(file)
+    return file
+
+
+def _flaxen_params(model) -> dict[str, np.ndarray]:
+    return {_dotted(path): np.asarray(variable[...]) for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def _contiguous(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {name: np.ascontiguousarray(array) for name, array in tensors.items()}
+
+
 def _save(model, folder: Path, format: str) -> Path:
-    params = {_dotted(path): np.asarray(variable[...]) for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    params = _flaxen_params(model)
     if format == "flaxen":
         tensors, config_text = params, model.config.to_json()
     elif format == "hf":
@@ -375,8 +392,7 @@ def _save(model, folder: Path, format: str) -> Path:
         raise ValueError(f"unknown format {format!r}; use 'hf' (Hugging Face layout) or 'flaxen'")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CONFIG_FILE).write_text(config_text + "\n")
-    contiguous = {name: np.ascontiguousarray(array) for name, array in tensors.items()}
-    save_file(contiguous, folder / WEIGHTS_FILE, metadata={"format": "pt" if format == "hf" else "flaxen"})
+    save_file(_contiguous(tensors), folder / WEIGHTS_FILE, metadata={"format": "pt" if format == "hf" else "flaxen"})
     return folder
 
 

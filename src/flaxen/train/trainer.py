@@ -30,6 +30,7 @@ from flaxen.train.checkpoints import (
     save_checkpoint,
     write_run_files,
 )
+from flaxen.core.pretrained import WEIGHTS_FILE, save_weights
 from flaxen.train.metrics import drop_records_after, plot_metrics
 from flaxen.train.optim import current_learning_rate
 from flaxen.train.sharding import (
@@ -167,10 +168,13 @@ class Trainer:
             state, position = self._starting_state(manager, resume, overwrite, metrics_path)
             try:
                 with open(metrics_path, "a") as metrics_file:
-                    return self._loop(data, steps, position, state, manager, metrics_file)
+                    final = self._loop(data, steps, position, state, manager, metrics_file)
             finally:
                 _write_back(self.model, state)
                 plot_metrics(metrics_path, self.out_dir / PLOT_FILE)
+        # With config.json beside it, this makes the run folder loadable by `from_pretrained`.
+        save_weights(self.model, self.out_dir / WEIGHTS_FILE)
+        return final
 
     def _starting_state(
         self, manager: ocp.CheckpointManager, resume: bool, overwrite: bool, metrics_path: Path
