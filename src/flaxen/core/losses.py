@@ -33,3 +33,9 @@ def position_weights(batch: dict[str, jax.Array], *, padding_mask: jax.Array | N
         return padding_mask
     row_weights = row_weights.astype(jnp.float32)[:, None]
     return row_weights if padding_mask is None else row_weights * padding_mask
+
+
+def scored(logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The (loss, metrics) pair every task model's `loss` returns: weighted cross-entropy and accuracy."""
+    loss = cross_entropy(logits, labels, weights)
+    return loss, {"loss": loss, "accuracy": accuracy(logits, labels, weights)}

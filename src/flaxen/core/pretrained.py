@@ -60,6 +60,15 @@ IDENTITY = Transform(lambda x, _: x, lambda x, _: x)
 TRANSPOSE = Transform(lambda x, _: x.T, lambda x, _: x.T)  # torch Linear (out, in) <-> nnx.Linear (in, out)
 
 
+def separate_qkv(hf_prefix: str, qkv_path: str) -> dict[str, tuple[str, Transform]]:
+    """Table rules for three torch Linears `{hf_prefix}.query|key|value` that are our fused `qkv_path` Linear."""
+    rules = {}
+    for index, name in enumerate(("query", "key", "value")):
+        rules[f"{hf_prefix}.{name}.weight"] = (f"{qkv_path}.kernel", TRANSPOSE.part(index, of=3))
+        rules[f"{hf_prefix}.{name}.bias"] = (f"{qkv_path}.bias", IDENTITY.part(index, of=3))
+    return rules
+
+
 @dataclasses.dataclass(frozen=True)
 class ParamsTable:
     """One family's Hugging Face layout. Tensor names are templates in which "{}" stands for a layer number.

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from flaxen.core import Activation, PositionEmbedding, TransformerConfig, TransformerStack, as_rngs, masks
-from flaxen.core.losses import accuracy, cross_entropy
+from flaxen.core.losses import scored
 from flaxen.core.mlm import mask_tokens
 from flaxen.core.pretrained import PretrainedMixin
 from flaxen.core.validation import check_same_shape, check_token_ids
@@ -147,8 +147,7 @@ class BertForMaskedLM(PretrainedMixin, nnx.Module):
         weights = masked.weights
         if "weights" in batch:
             weights = weights * batch["weights"].astype(jnp.float32)[:, None]
-        loss = cross_entropy(logits, masked.labels, weights)
-        return loss, {"loss": loss, "accuracy": accuracy(logits, masked.labels, weights)}
+        return scored(logits, masked.labels, weights)
 
 
 class BertForSequenceClassification(PretrainedMixin, nnx.Module):
@@ -172,6 +171,4 @@ class BertForSequenceClassification(PretrainedMixin, nnx.Module):
     def loss(self, batch: dict[str, jax.Array], *, rngs: nnx.Rngs | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Cross-entropy on `labels`; rows with `weights` 0 (evaluation padding) are not counted."""
         logits = self(batch["token_ids"], batch.get("padding_mask"), batch.get("token_type_ids"), rngs=rngs)
-        weights = batch.get("weights")
-        loss = cross_entropy(logits, batch["labels"], weights)
-        return loss, {"loss": loss, "accuracy": accuracy(logits, batch["labels"], weights)}
+        return scored(logits, batch["labels"], batch.get("weights"))

@@ -4,7 +4,7 @@ Hugging Face keeps query, key and value as three torch Linears (out, in); they a
 fused `qkv` kernel (in, 3 · out) and bias.
 """
 
-from flaxen.core.pretrained import IDENTITY, TRANSPOSE, ParamsTable
+from flaxen.core.pretrained import IDENTITY, TRANSPOSE, ParamsTable, separate_qkv
 
 BERT = ParamsTable(
     model_type="bert",
@@ -45,12 +45,7 @@ BERT = ParamsTable(
         "bert.embeddings.token_type_embeddings.weight": ("bert.token_type_embedding.embedding", IDENTITY),
         "bert.embeddings.LayerNorm.weight": ("bert.embedding_norm.scale", IDENTITY),
         "bert.embeddings.LayerNorm.bias": ("bert.embedding_norm.bias", IDENTITY),
-        "bert.encoder.layer.{}.attention.self.query.weight": ("bert.stack.blocks.{}.attention.qkv.kernel", TRANSPOSE.part(0, of=3)),
-        "bert.encoder.layer.{}.attention.self.key.weight": ("bert.stack.blocks.{}.attention.qkv.kernel", TRANSPOSE.part(1, of=3)),
-        "bert.encoder.layer.{}.attention.self.value.weight": ("bert.stack.blocks.{}.attention.qkv.kernel", TRANSPOSE.part(2, of=3)),
-        "bert.encoder.layer.{}.attention.self.query.bias": ("bert.stack.blocks.{}.attention.qkv.bias", IDENTITY.part(0, of=3)),
-        "bert.encoder.layer.{}.attention.self.key.bias": ("bert.stack.blocks.{}.attention.qkv.bias", IDENTITY.part(1, of=3)),
-        "bert.encoder.layer.{}.attention.self.value.bias": ("bert.stack.blocks.{}.attention.qkv.bias", IDENTITY.part(2, of=3)),
+        **separate_qkv("bert.encoder.layer.{}.attention.self", "bert.stack.blocks.{}.attention.qkv"),
         "bert.encoder.layer.{}.attention.output.dense.weight": ("bert.stack.blocks.{}.attention.out.kernel", TRANSPOSE),
         "bert.encoder.layer.{}.attention.output.dense.bias": ("bert.stack.blocks.{}.attention.out.bias", IDENTITY),
         "bert.encoder.layer.{}.attention.output.LayerNorm.weight": ("bert.stack.blocks.{}.attention_norm.scale", IDENTITY),

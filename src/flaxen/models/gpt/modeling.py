@@ -11,7 +11,7 @@ from flax import nnx
 
 from flaxen.core import PositionEmbedding, TransformerConfig, TransformerStack, as_rngs, masks
 from flaxen.core.kv_cache import KVCache
-from flaxen.core.losses import accuracy, cross_entropy, position_weights
+from flaxen.core.losses import position_weights, scored
 from flaxen.core.pretrained import PretrainedMixin
 from flaxen.core.validation import check_same_shape, check_token_ids
 from flaxen.models.gpt import params
@@ -115,8 +115,7 @@ class GPTForCausalLM(PretrainedMixin, nnx.Module):
         inputs, targets = token_ids[:, :-1], token_ids[:, 1:]
         weights = position_weights(batch, padding_mask=None if padding_mask is None else padding_mask[:, 1:])
         logits = self(inputs, None if padding_mask is None else padding_mask[:, :-1], rngs=rngs)
-        loss = cross_entropy(logits, targets, weights)
-        return loss, {"loss": loss, "accuracy": accuracy(logits, targets, weights)}
+        return scored(logits, targets, weights)
 
 
 class GPTForSequenceClassification(PretrainedMixin, nnx.Module):
@@ -143,6 +142,4 @@ class GPTForSequenceClassification(PretrainedMixin, nnx.Module):
     def loss(self, batch: dict[str, jax.Array], *, rngs: nnx.Rngs | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Cross-entropy on `labels`; rows with `weights` 0 (evaluation padding) are not counted."""
         logits = self(batch["token_ids"], batch.get("padding_mask"), rngs=rngs)
-        weights = batch.get("weights")
-        loss = cross_entropy(logits, batch["labels"], weights)
-        return loss, {"loss": loss, "accuracy": accuracy(logits, batch["labels"], weights)}
+        return scored(logits, batch["labels"], batch.get("weights"))

@@ -11,7 +11,7 @@ import numpy as np
 from flax import nnx
 
 from flaxen.core import PatchEmbedding, TransformerConfig, TransformerStack, as_rngs
-from flaxen.core.losses import accuracy, cross_entropy
+from flaxen.core.losses import scored
 from flaxen.core.pretrained import PretrainedMixin
 from flaxen.core.resample import resample_grid
 from flaxen.models.vit import params
@@ -161,9 +161,7 @@ class ViTForImageClassification(PretrainedMixin, nnx.Module):
     def loss(self, batch: dict[str, jax.Array], *, rngs: nnx.Rngs | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Cross-entropy on `labels`; rows with `weights` 0 (evaluation padding) are not counted."""
         logits = self(batch["images"], rngs=rngs)
-        weights = batch.get("weights")
-        loss = cross_entropy(logits, batch["labels"], weights)
-        return loss, {"loss": loss, "accuracy": accuracy(logits, batch["labels"], weights)}
+        return scored(logits, batch["labels"], batch.get("weights"))
 
 
 def to_finetune(

@@ -5,7 +5,7 @@ Query, key and value are three torch Linears (out, in) fused into our `qkv`; the
 patches in; Hugging Face's position embeddings carry a leading batch axis of 1.
 """
 
-from flaxen.core.pretrained import IDENTITY, TRANSPOSE, ParamsTable, Transform
+from flaxen.core.pretrained import IDENTITY, TRANSPOSE, ParamsTable, Transform, separate_qkv
 
 PATCH_KERNEL = Transform(
     to_flaxen=lambda w, _: w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0]),
@@ -38,12 +38,7 @@ VIT = ParamsTable(
         "vit.embeddings.patch_embeddings.projection.bias": ("vit.patch_embedding.projection.bias", IDENTITY),
         "vit.encoder.layer.{}.layernorm_before.weight": ("vit.stack.blocks.{}.attention_norm.scale", IDENTITY),
         "vit.encoder.layer.{}.layernorm_before.bias": ("vit.stack.blocks.{}.attention_norm.bias", IDENTITY),
-        "vit.encoder.layer.{}.attention.attention.query.weight": ("vit.stack.blocks.{}.attention.qkv.kernel", TRANSPOSE.part(0, of=3)),
-        "vit.encoder.layer.{}.attention.attention.key.weight": ("vit.stack.blocks.{}.attention.qkv.kernel", TRANSPOSE.part(1, of=3)),
-        "vit.encoder.layer.{}.attention.attention.value.weight": ("vit.stack.blocks.{}.attention.qkv.kernel", TRANSPOSE.part(2, of=3)),
-        "vit.encoder.layer.{}.attention.attention.query.bias": ("vit.stack.blocks.{}.attention.qkv.bias", IDENTITY.part(0, of=3)),
-        "vit.encoder.layer.{}.attention.attention.key.bias": ("vit.stack.blocks.{}.attention.qkv.bias", IDENTITY.part(1, of=3)),
-        "vit.encoder.layer.{}.attention.attention.value.bias": ("vit.stack.blocks.{}.attention.qkv.bias", IDENTITY.part(2, of=3)),
+        **separate_qkv("vit.encoder.layer.{}.attention.attention", "vit.stack.blocks.{}.attention.qkv"),
         "vit.encoder.layer.{}.attention.output.dense.weight": ("vit.stack.blocks.{}.attention.out.kernel", TRANSPOSE),
         "vit.encoder.layer.{}.attention.output.dense.bias": ("vit.stack.blocks.{}.attention.out.bias", IDENTITY),
         "vit.encoder.layer.{}.layernorm_after.weight": ("vit.stack.blocks.{}.mlp_norm.scale", IDENTITY),
