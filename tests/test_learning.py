@@ -50,3 +50,19 @@ def test_vit_learns_mnist_digits(tmp_path):
                        learning_rate=2e-3, batch_size=32)
     assert final["validation_loss"] < start["loss"] - 1.0, (start, final)
     assert final["validation_accuracy"] > 0.5, final  # chance is 0.1; the full example reaches about 0.95
+
+
+def test_bf16_compute_reaches_the_fp32_loss_within_two_percent(plays, tmp_path):
+    tokenizer = flaxen.text.train_bpe(plays, vocab_size=1024)
+    config = flaxen.GPTConfig.tiny(vocab_size=tokenizer.get_vocab_size(), context_length=64, **SMALL)
+    splits = flaxen.data.text_blocks(plays, tokenizer, block_size=65)
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        model = flaxen.GPTForCausalLM(config, rngs=nnx.Rngs(0))
+        trainer = flaxen.Trainer(model, flaxen.train.adamw(3e-3, warmup=30, total=300), tmp_path / dtype, batch_size=16,
+                                 eval_every=300, eval_batches=8, compute_dtype=None if dtype == "float32" else dtype,
+                                 progress=False)
+        losses[dtype] = trainer.fit(splits, steps=300)["validation_loss"]
+        params = [v for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param))]
+        assert all(p.dtype == "float32" for p in params)  # master weights stay fp32
+    assert abs(losses["bfloat16"] - losses["float32"]) / losses["float32"] < 0.02, losses
