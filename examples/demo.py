@@ -14,6 +14,8 @@ import bert_sentiment  # noqa: E402
 import gpt_shakespeare  # noqa: E402
 import vit_mnist  # noqa: E402
 
+import datasets  # noqa: E402
+
 import flaxen  # noqa: E402
 
 SMALL = {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "mlp_dim": 512}
@@ -28,6 +30,7 @@ def timed(name, run):
 
 
 def main() -> None:
+    datasets.disable_progress_bars()
     gpt = timed("GPT on Shakespeare", lambda: gpt_shakespeare.main(
         steps=500, batch_size=16, vocab_size=2048, out_dir="runs/demo/gpt",
         config=flaxen.GPTConfig.small(context_length=64, **SMALL)))
@@ -35,7 +38,7 @@ def main() -> None:
         mlm_steps=400, finetune_steps=400, vocab_size=4096, max_length=64, out_dir="runs/demo/bert",
         config=flaxen.BertConfig.small(max_positions=64, **SMALL)))
     vit = timed("ViT on MNIST-5k", lambda: vit_mnist.main(
-        steps=600, out_dir="runs/demo/vit",
+        steps=1500, out_dir="runs/demo/vit",
         config=flaxen.ViTConfig.small(image_size=28, channels=1, patch_size=7, **SMALL)))
 
     print("\n== Results")
