@@ -19,7 +19,7 @@ from flax import nnx
 from flaxen import data as fdata
 from flaxen import text as ftext
 from flaxen.data import ArrayDataset, DataSplits
-from flaxen.runs import MODEL_CLASSES, RUN_FILE, TOKENIZER_FILE, load_run, read_run_file
+from flaxen.runs import RUN_FILE, TOKENIZER_FILE, check_tokenizer_fits, load_run, read_run_file
 from flaxen.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification
 from flaxen.models.gpt import GPTConfig, GPTForCausalLM
 from flaxen.models.vit import ViTConfig, ViTForImageClassification
@@ -310,6 +310,7 @@ def _classifier_from(start_from: Path | None, tokenizer, preset: str, num_labels
     if not hasattr(BertForSequenceClassification, "from_pretrained"):
         raise ValueError(f"--from {start_from} is not a flaxen run folder (no {RUN_FILE})")
     classifier = BertForSequenceClassification.from_pretrained(start_from, num_labels=num_labels, rngs=rngs, **(overrides or {}))
+    check_tokenizer_fits(tokenizer, classifier.config, where=str(start_from))
     _check_length(classifier.config, max_length)
     return classifier
 

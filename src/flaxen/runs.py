@@ -51,4 +51,16 @@ def load_run(folder: str | Path, *, step: int | None = None) -> Run:
     loaded_step = load_checkpoint(model, folder, step)
     model.eval()
     tokenizer = ftext.load_tokenizer(folder / TOKENIZER_FILE) if (folder / TOKENIZER_FILE).exists() else None
+    if tokenizer is not None:
+        check_tokenizer_fits(tokenizer, config, where=str(folder))
     return Run(folder, model, tokenizer, info, loaded_step)
+
+
+def check_tokenizer_fits(tokenizer, config, *, where: str) -> None:
+    """ValueError when the tokenizer can produce ids the model's embedding has no row for."""
+    vocab_size = getattr(config, "vocab_size", None)
+    if vocab_size is not None and tokenizer.get_vocab_size() > vocab_size:
+        raise ValueError(
+            f"the tokenizer in {where} has {tokenizer.get_vocab_size()} tokens but the model's vocabulary has {vocab_size}; "
+            "they belong to different models: use the tokenizer the model was trained with"
+        )

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from flaxen.core.activations import canonical_name
@@ -242,8 +242,11 @@ def _weight_files(folder: Path) -> list[Path]:
 def _read_tensors(files: Iterable[Path]) -> dict[str, np.ndarray]:
     tensors = {}
     for file in files:
-        with safe_open(file, framework="flax") as reader:  # "flax", not "numpy": numpy has no bfloat16
-            tensors |= {name: np.asarray(reader.get_tensor(name)) for name in reader.keys()}
+        try:
+            with safe_open(file, framework="flax") as reader:  # "flax", not "numpy": numpy has no bfloat16
+                tensors |= {name: np.asarray(reader.get_tensor(name)) for name in reader.keys()}
+        except SafetensorError as err:
+            raise ValueError(f"{file} is not a readable safetensors file ({err}); it may be truncated: copy or convert it again") from None
     return tensors
 
 
