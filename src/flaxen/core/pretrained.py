@@ -60,6 +60,19 @@ IDENTITY = Transform(lambda x, _: x, lambda x, _: x)
 TRANSPOSE = Transform(lambda x, _: x.T, lambda x, _: x.T)  # torch Linear (out, in) <-> nnx.Linear (in, out)
 
 
+# config.json keys every Hugging Face BERT-style encoder (BERT, ViT) shares, as our TransformerConfig fields.
+ENCODER_CONFIG_KEYS = {
+    "hidden_size": "hidden_size",
+    "num_hidden_layers": "num_layers",
+    "num_attention_heads": "num_heads",
+    "intermediate_size": "mlp_dim",
+    "hidden_act": "activation",
+    "layer_norm_eps": "layer_norm_eps",
+    "initializer_range": "initializer_range",
+    "hidden_dropout_prob": "dropout",
+}
+
+
 def separate_qkv(hf_prefix: str, qkv_path: str) -> dict[str, tuple[str, Transform]]:
     """Table rules for three torch Linears `{hf_prefix}.query|key|value` that are our fused `qkv_path` Linear."""
     rules = {}

@@ -4,7 +4,7 @@ Hugging Face keeps query, key and value as three torch Linears (out, in); they a
 fused `qkv` kernel (in, 3 · out) and bias.
 """
 
-from flaxen.core.pretrained import IDENTITY, TRANSPOSE, ParamsTable, separate_qkv
+from flaxen.core.pretrained import ENCODER_CONFIG_KEYS, IDENTITY, TRANSPOSE, ParamsTable, separate_qkv
 
 BERT = ParamsTable(
     model_type="bert",
@@ -18,14 +18,7 @@ BERT = ParamsTable(
         "vocab_size": "vocab_size",
         "max_position_embeddings": "max_positions",
         "type_vocab_size": "type_vocab_size",
-        "hidden_size": "hidden_size",
-        "num_hidden_layers": "num_layers",
-        "num_attention_heads": "num_heads",
-        "intermediate_size": "mlp_dim",
-        "hidden_act": "activation",
-        "layer_norm_eps": "layer_norm_eps",
-        "initializer_range": "initializer_range",
-        "hidden_dropout_prob": "dropout",
+        **ENCODER_CONFIG_KEYS,
         "pad_token_id": "pad_token_id",
     },
     required={

@@ -5,7 +5,7 @@ Query, key and value are three torch Linears (out, in) fused into our `qkv`; the
 patches in; Hugging Face's position embeddings carry a leading batch axis of 1.
 """
 
-from flaxen.core.pretrained import IDENTITY, TRANSPOSE, ParamsTable, Transform, separate_qkv
+from flaxen.core.pretrained import ENCODER_CONFIG_KEYS, IDENTITY, TRANSPOSE, ParamsTable, Transform, separate_qkv
 
 PATCH_KERNEL = Transform(
     to_flaxen=lambda w, _: w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0]),
@@ -21,14 +21,7 @@ VIT = ParamsTable(
         "image_size": "image_size",
         "patch_size": "patch_size",
         "num_channels": "channels",
-        "hidden_size": "hidden_size",
-        "num_hidden_layers": "num_layers",
-        "num_attention_heads": "num_heads",
-        "intermediate_size": "mlp_dim",
-        "hidden_act": "activation",
-        "layer_norm_eps": "layer_norm_eps",
-        "initializer_range": "initializer_range",
-        "hidden_dropout_prob": "dropout",
+        **ENCODER_CONFIG_KEYS,
     },
     required={"qkv_bias": True},
     tensors={
