@@ -30,13 +30,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(BENCHES), help=f"comma-separated subset of {','.join(BENCHES)}")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per implementation (default 20; 3 with --quick)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up steps per implementation (default 3; 1 with --quick)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: few steps, no torch.compile column (< 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 warm-up + 3 steps, no torch.compile column (about 2 minutes on a quiet machine)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer column")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (JAX uses every core: 2 here)")
     parser.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS before JAX starts (levers)")
     parser.add_argument("--compute-dtype", default=None, help="flaxen Trainer compute_dtype (e.g. bfloat16); peer stays fp32")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
-                        help="before each benchmark, wait up to SECONDS for other processes to use < 0.3 cores")
+                        help="before each benchmark and each round, wait up to SECONDS for other processes to use < 0.25 cores")
     parser.add_argument("--tag", default="", help="free text copied into every JSON row (e.g. the lever being tried)")
     args = parser.parse_args(argv)
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
@@ -647,7 +647,9 @@ def bench_decode(args):
         compile_s = COMPILE_CLOCK.total
         hf_call()
         info(f"decode batch {batch}: {args.warmup} warm-up + {args.steps} timed calls each")
-        calls = {"flaxen": flaxen_call, "hf_eager": hf_call, "hf_eager_1thread": lambda: hf_call(1, "hf_eager_1thread")}
+        calls = {"flaxen": flaxen_call, "hf_eager": hf_call}
+        if not args.quick:
+            calls["hf_eager_1thread"] = lambda: hf_call(1, "hf_eager_1thread")
         timings = interleaved(calls, warmup=args.warmup, timed=args.steps, per_round=2, wait_quiet=min(args.wait_quiet, 60))
         stats, basis = chosen_stats(timings)
         rate = {impl: batch * NEW_TOKENS / s["median_s"] for impl, s in stats.items()}
@@ -655,8 +657,8 @@ def bench_decode(args):
             "bench": f"decode batch {batch}", "unit": "tokens/s",
             "flaxen": round(rate["flaxen"], 1), "hf_eager": round(rate["hf_eager"], 1), "hf_compile": None,
             "ratio_vs_eager": ratio(rate["flaxen"], rate["hf_eager"]), "ratio_vs_compile": None,
-            "hf_eager_1thread": round(rate["hf_eager_1thread"], 1),
-            "ratio_vs_eager_1thread": ratio(rate["flaxen"], rate["hf_eager_1thread"]),
+            **({"hf_eager_1thread": round(rate["hf_eager_1thread"], 1),
+                "ratio_vs_eager_1thread": ratio(rate["flaxen"], rate["hf_eager_1thread"])} if "hf_eager_1thread" in rate else {}),
             "step_time": stats, "first_step_s": {k: round(v, 3) for k, v in first.items()},
             "compile_s": {"flaxen": round(compile_s, 3)},
             "timed": (f"one call generating {NEW_TOKENS} new tokens greedily from a {PROMPT}-token prompt: "
