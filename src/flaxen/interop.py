@@ -8,16 +8,11 @@ from pathlib import Path
 
 from flax import nnx
 
-from flaxen.models.bert import Bert, BertForMaskedLM, BertForSequenceClassification
-from flaxen.models.gpt import GPT, GPTForCausalLM, GPTForSequenceClassification
-from flaxen.models.vit import ViT, ViTForImageClassification
-from flaxen.runs import RUN_FILE, load_run
+from flaxen.models.bert import BertForMaskedLM
+from flaxen.models.gpt import GPTForCausalLM
+from flaxen.models.vit import ViTForImageClassification
+from flaxen.runs import MODEL_CLASSES, RUN_FILE, load_run
 
-MODEL_CLASSES = {
-    cls.__name__: cls
-    for cls in (GPT, GPTForCausalLM, GPTForSequenceClassification, Bert, BertForMaskedLM, BertForSequenceClassification,
-                ViT, ViTForImageClassification)
-}
 # A flaxen folder records only its config; these are the classes its weights most often belong to.
 DEFAULT_CLASS_FOR_CONFIG = {"GPTConfig": GPTForCausalLM, "BertConfig": BertForMaskedLM, "ViTConfig": ViTForImageClassification}
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")

@@ -9,15 +9,16 @@ from typing import Any, NamedTuple
 from flax import nnx
 
 from flaxen import text as ftext
-from flaxen.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification
-from flaxen.models.gpt import GPTConfig, GPTForCausalLM, GPTForSequenceClassification
-from flaxen.models.vit import ViTConfig, ViTForImageClassification
+from flaxen.models.bert import Bert, BertConfig, BertForMaskedLM, BertForSequenceClassification
+from flaxen.models.gpt import GPT, GPTConfig, GPTForCausalLM, GPTForSequenceClassification
+from flaxen.models.vit import ViT, ViTConfig, ViTForImageClassification
 from flaxen.train.checkpoints import CONFIG_FILE, RUN_FILE, load_checkpoint
 
 TOKENIZER_FILE = "tokenizer.json"
 MODEL_CLASSES = {
     cls.__name__: cls
-    for cls in (GPTForCausalLM, GPTForSequenceClassification, BertForMaskedLM, BertForSequenceClassification, ViTForImageClassification)
+    for cls in (GPT, GPTForCausalLM, GPTForSequenceClassification, Bert, BertForMaskedLM, BertForSequenceClassification,
+                ViT, ViTForImageClassification)
 }
 CONFIG_CLASSES = {cls.__name__: cls for cls in (GPTConfig, BertConfig, ViTConfig)}
 
@@ -45,8 +46,7 @@ def load_run(folder: str | Path, *, step: int | None = None) -> Run:
     model_class = MODEL_CLASSES.get(info.get("model_class"))
     if model_class is None:
         raise ValueError(f"{folder} holds a {info.get('model_class')!r} run, which flaxen cannot load")
-    config_values = json.loads((folder / CONFIG_FILE).read_text())
-    config = CONFIG_CLASSES[config_values.get("config_class")].from_json(folder / CONFIG_FILE)
+    config = CONFIG_CLASSES[json.loads((folder / CONFIG_FILE).read_text()).get("config_class")].from_json(folder / CONFIG_FILE)
     model = nnx.eval_shape(lambda: model_class(config, rngs=nnx.Rngs(0)))
     loaded_step = load_checkpoint(model, folder, step)
     model.eval()

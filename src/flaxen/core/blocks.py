@@ -48,23 +48,19 @@ class TransformerBlock(nnx.Module):
         cache_index: jax.Array | None = None,
     ):
         """(B, T, D) -> (B, T, D); with `kv_cache` also returns the updated (keys, values)."""
-        new_cache = None
-
-        def attend(h):
-            nonlocal new_cache
-            out = self.attention(h, mask=mask, is_causal=is_causal, rngs=rngs, kv_cache=kv_cache, cache_index=cache_index)
-            if kv_cache is None:
-                return out
-            out, new_cache = out
-            return out
-
+        attended = self.attention(
+            self.attention_norm(x) if self.norm_first else x,
+            mask=mask, is_causal=is_causal, rngs=rngs, kv_cache=kv_cache, cache_index=cache_index,
+        )
+        if kv_cache is not None:
+            attended, kv_cache = attended
         if self.norm_first:
-            x = x + self.dropout(attend(self.attention_norm(x)), rngs=rngs)
+            x = x + self.dropout(attended, rngs=rngs)
             x = x + self.dropout(self.mlp(self.mlp_norm(x), rngs=rngs), rngs=rngs)
         else:
-            x = self.attention_norm(x + self.dropout(attend(x), rngs=rngs))
+            x = self.attention_norm(x + self.dropout(attended, rngs=rngs))
             x = self.mlp_norm(x + self.dropout(self.mlp(x, rngs=rngs), rngs=rngs))
-        return x if kv_cache is None else (x, new_cache)
+        return x if kv_cache is None else (x, kv_cache)
 
 
 class TransformerStack(nnx.Module):

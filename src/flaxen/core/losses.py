@@ -27,7 +27,7 @@ def weighted_mean(values: jax.Array, weights: jax.Array | None = None) -> jax.Ar
 
 
 def position_weights(batch: dict[str, jax.Array], *, padding_mask: jax.Array | None) -> jax.Array | None:
-    """(B, T) weights for scoring: the padding mask times the per-row `weights` an evaluation batch may carry."""
+    """(B, T) weights for scoring: a (B, T) mask times the per-row `weights` an evaluation batch may carry."""
     row_weights = batch.get("weights")
     if row_weights is None:
         return padding_mask

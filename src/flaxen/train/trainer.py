@@ -22,6 +22,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from tqdm.auto import tqdm
 
+from flaxen.core.pretrained import WEIGHTS_FILE, save_weights
+from flaxen.core.rng import as_rngs
 from flaxen.train.checkpoints import (
     CHECKPOINT_DIR,
     check_resumable,
@@ -30,7 +32,6 @@ from flaxen.train.checkpoints import (
     save_checkpoint,
     write_run_files,
 )
-from flaxen.core.pretrained import WEIGHTS_FILE, save_weights
 from flaxen.train.metrics import drop_records_after, plot_metrics
 from flaxen.train.optim import current_learning_rate
 from flaxen.train.sharding import (
@@ -324,7 +325,7 @@ def _make_train_step(
 
         def loss_fn(params):
             model = nnx.merge(graphdef, _cast_floats(params, compute_dtype), other)
-            loss, metrics = model.loss(inputs, rngs=_call_rngs(key))
+            loss, metrics = model.loss(inputs, rngs=as_rngs(key))
             return loss, (metrics, nnx.state(model, nnx.Not(nnx.Param)))
 
         (loss, (metrics, other)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -353,7 +354,7 @@ def _make_eval_step(
 
     def eval_step(params, other, batch, key):
         model = nnx.merge(graphdef, _cast_floats(params, compute_dtype), other)
-        loss, metrics = model.loss(_cast_inputs(batch, compute_dtype), rngs=_call_rngs(key))
+        loss, metrics = model.loss(_cast_inputs(batch, compute_dtype), rngs=as_rngs(key))
         weight = batch["weights"].sum() if "weights" in batch else len(next(iter(batch.values())))
         return _as_float32({"loss": loss, **metrics}), jnp.asarray(weight, jnp.float32)
 
@@ -369,11 +370,6 @@ def _run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
     """Base keys for training (folded with the step) and evaluation (folded with the batch index)."""
     root = jax.random.key(seed)
     return jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
-
-
-def _call_rngs(key: jax.Array) -> nnx.Rngs:
-    dropout_key, masking_key = jax.random.split(key)
-    return nnx.Rngs(dropout=dropout_key, masking=masking_key)
 
 
 def _cast_floats(tree: Any, dtype) -> Any:

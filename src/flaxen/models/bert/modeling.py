@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from flaxen.core import Activation, PositionEmbedding, TransformerConfig, TransformerStack, as_rngs, masks
-from flaxen.core.losses import scored
+from flaxen.core.losses import position_weights, scored
 from flaxen.core.mlm import mask_tokens
 from flaxen.core.pretrained import PretrainedMixin
 from flaxen.core.validation import check_same_shape, check_token_ids
@@ -144,10 +144,7 @@ class BertForMaskedLM(PretrainedMixin, nnx.Module):
         hidden = self.bert(masked.token_ids, padding_mask, batch.get("token_type_ids"), rngs=rngs)
         slots = jnp.take_along_axis(hidden, masked.positions[..., None], axis=1)  # (B, P, D)
         logits = self.lm_head(slots, self.bert.token_embedding, rngs=rngs)
-        weights = masked.weights
-        if "weights" in batch:
-            weights = weights * batch["weights"].astype(jnp.float32)[:, None]
-        return scored(logits, masked.labels, weights)
+        return scored(logits, masked.labels, position_weights(batch, padding_mask=masked.weights))
 
 
 class BertForSequenceClassification(PretrainedMixin, nnx.Module):
