@@ -76,3 +76,19 @@ def test_per_row_weights_apply_to_every_position_of_the_row():
     labels = jnp.ones((2, 3), jnp.int32)
     row_weights = jnp.array([[1.0], [0.0]])
     np.testing.assert_allclose(cross_entropy(logits, labels, row_weights), cross_entropy(logits[:1], labels[:1]), rtol=1e-6)
+
+
+def test_accuracy_matches_argmax_and_counts_ties_as_correct():
+    from flaxen.core.losses import accuracy
+
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((4, 16, 50)).astype(np.float32)  # continuous draws: no exact ties
+    labels = rng.integers(0, 50, (4, 16))
+    labels[:, ::3] = logits.argmax(-1)[:, ::3]  # make a third of them correct
+    weights = rng.integers(0, 2, (4, 16)).astype(np.float32)
+    hits = (logits.argmax(-1) == labels).astype(np.float32)
+    np.testing.assert_allclose(accuracy(jnp.asarray(logits), jnp.asarray(labels)), hits.mean(), rtol=1e-6)
+    np.testing.assert_allclose(accuracy(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(weights)),
+                               (hits * weights).sum() / weights.sum(), rtol=1e-6)
+    tied = jnp.asarray([[1.0, 3.0, 3.0]])
+    assert float(accuracy(tied, jnp.asarray([2]))) == 1.0 and float(accuracy(tied, jnp.asarray([0]))) == 0.0
