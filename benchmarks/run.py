@@ -37,6 +37,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--compute-dtype", default=None, help="flaxen Trainer compute_dtype (e.g. bfloat16); peer stays fp32")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                         help="before each benchmark and each round, wait up to SECONDS for other processes to use < 0.25 cores")
+    parser.add_argument("--allocator", choices=("huge-pages", "system"), default="huge-pages",
+                        help="huge-pages: relaunch with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 as the flaxen command does "
+                             "(flaxen.runtime; both sides run under it); system: the C allocator's defaults")
     parser.add_argument("--tag", default="", help="free text copied into every JSON row (e.g. the lever being tried)")
     args = parser.parse_args(argv)
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
@@ -50,6 +53,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 ARGS = parse_args() if __name__ == "__main__" else None
+if ARGS is not None:  # before anything else: the relaunch starts this script over (flaxen.runtime)
+    if ARGS.allocator == "system":
+        os.environ["FLAXEN_ALLOCATOR"] = "system"
+    else:
+        from flaxen.runtime import relaunch_with_fast_allocator
+
+        relaunch_with_fast_allocator()
 if ARGS is not None and ARGS.xla_flags:  # XLA reads XLA_FLAGS when the backend starts, so before `import jax`
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {ARGS.xla_flags}".strip()
 
@@ -733,7 +743,8 @@ def environment(args) -> dict[str, Any]:
         "bench": "env", "python": platform.python_version(), "jax": jax.__version__, "flax": __import__("flax").__version__,
         "optax": optax.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "jax_devices": [str(d) for d in jax.devices()],
-        "xla_flags": os.environ.get("XLA_FLAGS", ""), "compute_dtype": args.compute_dtype or "float32",
+        "xla_flags": os.environ.get("XLA_FLAGS", ""), "allocator": args.allocator,
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "ld_preload": os.environ.get("LD_PRELOAD", ""), "compute_dtype": args.compute_dtype or "float32",
         "steps": args.steps, "warmup": args.warmup, "quick": args.quick, "torch_compile": args.compile,
         "loadavg": loadavg(),
     }

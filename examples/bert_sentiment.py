@@ -48,6 +48,7 @@ def main(*, mlm_steps: int = 2000, finetune_steps: int = 1500, vocab_size: int =
 
 
 if __name__ == "__main__":
+    flaxen.runtime.relaunch_with_fast_allocator()  # huge pages for XLA's scratch memory: see README, Speed
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mlm-steps", type=int, default=2000)
     parser.add_argument("--finetune-steps", type=int, default=1500)

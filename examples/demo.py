@@ -54,4 +54,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    flaxen.runtime.relaunch_with_fast_allocator()  # huge pages for XLA's scratch memory: see README, Speed
     main()

@@ -30,6 +30,7 @@ def main(*, steps: int = 3000, batch_size: int = 16, vocab_size: int = 8192, out
 
 
 if __name__ == "__main__":
+    flaxen.runtime.relaunch_with_fast_allocator()  # huge pages for XLA's scratch memory: see README, Speed
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--out", default="runs/example-gpt")

@@ -31,6 +31,7 @@ def main(*, steps: int = 3000, out_dir: str = "runs/example-vit", config: flaxen
 
 
 if __name__ == "__main__":
+    flaxen.runtime.relaunch_with_fast_allocator()  # huge pages for XLA's scratch memory: see README, Speed
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3000)
     args = parser.parse_args()

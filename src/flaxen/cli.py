@@ -113,6 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(err), EXIT_BAD_INPUT)
     except SystemExit as exit_:  # --help
         return int(exit_.code or 0)
+    if argv is None and args.command != "convert":  # a real command line, not a call from Python
+        from flaxen.runtime import relaunch_with_fast_allocator
+
+        relaunch_with_fast_allocator()
     _quiet_libraries()
     from flaxen.train import TrainingDiverged
 
