@@ -10,6 +10,7 @@ MODE
   dtype      Trainer(compute_dtype=None) vs "bfloat16" (with and without the YNN dot fusions)
   head       BERT MLM head at the 20 chosen slots (flaxen today) vs at all 128 positions
   proto      prototypes of src changes, monkeypatched: see PROTOTYPES below
+  layers     config.scan_layers / config.remat against the plain layer loop: compile time, XLA temp memory, speed
 
 Every row is a JSON line on stdout (median step seconds per variant, ratio to the first variant, load average);
 a Markdown table follows. Results and predictions are written up in benchmarks/NOTES.md.
@@ -27,6 +28,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+if __name__ == "__main__" and os.environ.get("FLAXEN_ALLOCATOR") != "system":  # measure under the allocator flaxen uses
+    from flaxen.runtime import relaunch_with_fast_allocator
+
+    relaunch_with_fast_allocator()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -48,15 +53,15 @@ def emit(row: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the flaxen side
-def build(model_name: str, seed: int = 0) -> tuple[nnx.Module, list[dict[str, np.ndarray]], int]:
-    """(model, host batches, items per step) at the benchmark sizes of run.py."""
+def build(model_name: str, seed: int = 0, **overrides) -> tuple[nnx.Module, list[dict[str, np.ndarray]], int]:
+    """(model, host batches, items per step) at the benchmark sizes of run.py; `overrides` change the config."""
     rng = np.random.default_rng(seed)
     if model_name == "gpt":
-        model = GPTForCausalLM(GPTConfig.small(dropout=0.0), rngs=nnx.Rngs(seed))
+        model = GPTForCausalLM(GPTConfig.small(dropout=0.0, **overrides), rngs=nnx.Rngs(seed))
         batches = [{"token_ids": rng.integers(0, bench.VOCAB, (bench.LM_BATCH, bench.CONTEXT + 1), dtype=np.int32)} for _ in range(4)]
         return model, batches, bench.LM_BATCH * bench.CONTEXT
     if model_name == "bert":
-        config = BertConfig.small(dropout=0.0)
+        config = BertConfig.small(dropout=0.0, **overrides)
         model = BertForMaskedLM(config, rngs=nnx.Rngs(seed))
         batches = []
         for _ in range(4):
@@ -65,7 +70,7 @@ def build(model_name: str, seed: int = 0) -> tuple[nnx.Module, list[dict[str, np
             batches.append({"token_ids": ids})
         return model, batches, bench.LM_BATCH * bench.CONTEXT
     if model_name == "vit":
-        model = ViTForImageClassification(ViTConfig.small(dropout=0.0), rngs=nnx.Rngs(seed))
+        model = ViTForImageClassification(ViTConfig.small(dropout=0.0, **overrides), rngs=nnx.Rngs(seed))
         batches = [
             {"images": rng.standard_normal((bench.VIT_BATCH, 32, 32, 3), dtype=np.float32),
              "labels": rng.integers(0, 10, (bench.VIT_BATCH,), dtype=np.int32)}
@@ -122,7 +127,9 @@ def _tmpdir():
 def compiled_variant(model, batches, opt, jitted: Callable, options: dict[str, Any]) -> tuple[Step, float]:
     """`jitted` lowered once and compiled with XLA `options`; returns the step and the compile seconds."""
     step = Step(None, model, batches, opt)
+    start = time.perf_counter()
     lowered = jitted.lower(*step.args())
+    step.lower_s = time.perf_counter() - start  # trace + lower to StableHLO
     start = time.perf_counter()
     step.fn = lowered.compile(compiler_options=options)
     return step, time.perf_counter() - start
@@ -363,7 +370,28 @@ def _peer_parts(model_name: str):
     return forward, backward, full
 
 
-MODES = {"breakdown": mode_breakdown, "xla": mode_xla, "dtype": mode_dtype, "head": mode_head, "proto": mode_proto}
+LAYER_VARIANTS = {"loop": {}, "scan": {"scan_layers": True}, "remat": {"remat": True},
+                  "scan+remat": {"scan_layers": True, "remat": True}}
+
+
+def mode_layers(args) -> None:
+    """config.scan_layers / config.remat: compile seconds, XLA temp memory and step time, at 4 and --deep layers."""
+    for model_name in args.models:
+        for layers in (None, args.deep):
+            depth = {} if layers is None else {"num_layers": layers}
+            variants, compile_s, lower_s, temp_mb = {}, {}, {}, {}
+            for name, switches in LAYER_VARIANTS.items():
+                model, batches, items = build(model_name, **depth, **switches)
+                opt = optimizer()
+                variants[name], compile_s[name] = compiled_variant(model, batches, opt, trainer_step(model, opt), {})
+                lower_s[name] = round(variants[name].lower_s, 2)
+                temp_mb[name] = round(variants[name].fn.memory_analysis().temp_size_in_bytes / 2**20, 1)
+            compare("layers", f"{model_name} ({model.config.num_layers} layers)", items, variants, args,
+                    {"trace_lower_s": lower_s, "compile_s": {k: round(v, 2) for k, v in compile_s.items()},
+                     "xla_temp_mb": temp_mb})
+
+
+MODES = {"layers": mode_layers, "breakdown": mode_breakdown, "xla": mode_xla, "dtype": mode_dtype, "head": mode_head, "proto": mode_proto}
 
 
 def main() -> None:
@@ -374,6 +402,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                         help="before each round, wait up to SECONDS for other processes to use < 0.25 cores")
+    parser.add_argument("--deep", type=int, default=12, help="layers mode: the deeper model's layer count")
     parser.add_argument("--variants", default="", help="xla mode: comma-separated subset of variant names")
     args = parser.parse_args()
     args.models = [m for m in args.models.split(",") if m]
@@ -385,9 +414,12 @@ def main() -> None:
         speed = row[next(k for k in row if k.startswith("speedup_vs_"))]
         print(f"\n**{row['lever']} / {row['model']}** ({row['basis']}, others {row['other_cores_busy']} cores, "
               f"load {row['loadavg_start'][0]:.2f} → {row['loadavg_end'][0]:.2f})\n")
-        print("| variant | items/s | median step s | speed vs first |\n|---|---:|---:|---:|")
+        extra = [key for key in ("trace_lower_s", "compile_s", "xla_temp_mb") if key in row]
+        print("| variant | items/s | median step s | speed vs first |" + "".join(f" {key} |" for key in extra))
+        print("|---|---:|---:|---:|" + "---:|" * len(extra))
         for name, value in row["items_per_s"].items():
-            print(f"| {name} | {value:,.1f} | {row['step_time'][name]['median_s']:.3f} | {speed[name]:.3f} |")
+            print(f"| {name} | {value:,.1f} | {row['step_time'][name]['median_s']:.3f} | {speed[name]:.3f} |"
+                  + "".join(f" {row[key][name]} |" for key in extra))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,10 @@ def _training_arguments(parser: argparse.ArgumentParser, *, presets: str, defaul
     parser.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default=None,
                         help="compute precision; parameters stay float32 (default: float32)")
     parser.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
+    parser.add_argument("--scan-layers", action="store_true",
+                        help="compile one block and scan it over the layers (faster compiles for deep models)")
+    parser.add_argument("--remat", action="store_true",
+                        help="recompute activations in the backward pass (less memory, about a third more compute)")
     parser.add_argument("--fsdp", type=int, default=1, help="devices that split each parameter and its optimizer state "
                         "(fully sharded data parallel); every device takes a share of each batch (default: %(default)s)")
     parser.add_argument("--out", default=out, help="run folder for config, tokenizer, checkpoints, metrics, plot (default: %(default)s)")
@@ -149,7 +153,7 @@ def _run(args: argparse.Namespace) -> int:
         "weight_decay": args.weight_decay, "eval_every": args.eval_every, "seed": args.seed,
         "compute_dtype": args.compute_dtype, "progress": not args.no_progress, "fsdp": args.fsdp,
         "resume": args.resume, "overwrite": args.overwrite, "preset": args.preset,
-        "config_overrides": {"dropout": args.dropout} if args.dropout is not None else None,
+        "config_overrides": _config_overrides(args),
     }
     journey = (args.command, args.family)
     if journey == ("pretrain", "gpt"):
@@ -214,6 +218,12 @@ def _report(result: dict, *, title: str) -> None:
             if (run / name).exists():
                 print(f"  {what:<28} {run / name}")
     print(json.dumps({key: round(value, 6) if isinstance(value, float) else value for key, value in result.items()}))
+
+
+def _config_overrides(args: argparse.Namespace) -> dict | None:
+    overrides = {"dropout": args.dropout} if args.dropout is not None else {}
+    overrides.update({name: True for name in ("scan_layers", "remat") if getattr(args, name)})
+    return overrides or None
 
 
 def _quiet_libraries() -> None:

@@ -64,9 +64,17 @@ class TransformerBlock(nnx.Module):
 
 
 class TransformerStack(nnx.Module):
-    """`num_layers` blocks applied in order; optionally returns every layer's output for inspection."""
+    """`num_layers` blocks applied in order; optionally returns every layer's output for inspection.
+
+    `config.scan_layers` runs the blocks (without a KV cache) as one `lax.scan` over their stacked parameters, so
+    XLA compiles one block instead of `num_layers`; `config.remat` wraps each block in `jax.checkpoint`, trading
+    a second forward pass in the backward pass for not storing the block's activations. Parameters stay one
+    module per layer either way, so checkpoints and Hugging Face key tables do not depend on these switches.
+    """
 
     def __init__(self, config: TransformerConfig, *, norm_first: bool, kernel_init, out_kernel_init, rngs: nnx.Rngs):
+        self.scan_layers = config.scan_layers
+        self.remat = config.remat
         self.blocks = nnx.List(
             TransformerBlock(config, norm_first=norm_first, kernel_init=kernel_init, out_kernel_init=out_kernel_init, rngs=rngs)
             for _ in range(config.num_layers)
@@ -87,6 +95,9 @@ class TransformerStack(nnx.Module):
         With `cache`, the blocks read and extend it (its `valid` already covers this step) and
         `(x, updated cache)` is returned.
         """
+        if cache is None and (self.scan_layers or self.remat):
+            x, hidden_states = self._functional(x, mask=mask, is_causal=is_causal, rngs=rngs, keep=return_hidden_states)
+            return (x, hidden_states) if return_hidden_states else x
         hidden_states = [x]
         keys, values = [], []
         for layer, block in enumerate(self.blocks):
@@ -101,3 +112,35 @@ class TransformerStack(nnx.Module):
         if cache is not None:
             return x, cache._replace(keys=tuple(keys), values=tuple(values), index=cache.index + x.shape[1])
         return (x, hidden_states) if return_hidden_states else x
+
+    def _functional(self, x: jax.Array, *, mask, is_causal: bool, rngs: nnx.Rngs | None, keep: bool) -> tuple[jax.Array, list[jax.Array]]:
+        """The blocks as a pure function of their parameters (scanned and/or rematerialised); `keep`: every output."""
+        splits = [nnx.split(block) for block in self.blocks]
+        graphdef = splits[0][0]
+        # Each layer draws its own dropout key up front: the scanned body cannot advance the caller's Rngs.
+        layer_keys = jax.random.split(rngs.dropout(), len(splits)) if rngs is not None else None
+
+        def apply(state, x, key):
+            block_rngs = None if key is None else nnx.Rngs(dropout=key)
+            return nnx.merge(graphdef, state)(x, mask=mask, is_causal=is_causal, rngs=block_rngs)
+
+        if self.remat:
+            apply = jax.checkpoint(apply, prevent_cse=not self.scan_layers)  # scan already keeps CSE out
+        if not self.scan_layers:
+            hidden_states = [x]
+            for layer, (_, state) in enumerate(splits):
+                x = apply(state, x, None if layer_keys is None else layer_keys[layer])
+                hidden_states.append(x)
+            return x, hidden_states
+        if any(other != graphdef for other, _ in splits[1:]):
+            raise ValueError("scan_layers needs identical blocks; these differ in structure or static settings")
+        stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(state for _, state in splits))
+
+        def body(x, layer_inputs):
+            state, key = layer_inputs
+            x = apply(state, x, key)
+            return x, x if keep else None
+
+        first = x
+        x, outputs = jax.lax.scan(body, x, (stacked, layer_keys))
+        return x, [first, *(outputs[layer] for layer in range(len(splits)))] if keep else []
