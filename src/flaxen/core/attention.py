@@ -36,23 +36,38 @@ class MultiHeadAttention(nnx.Module):
     ):
         """(B, T, D) -> (B, T, D); `mask` is boolean, True = may attend, broadcastable to (B, N, T, S).
 
-        With `kv_cache` = (keys, values), each (B, S, N, H), this step's keys and values are written at
+        With `kv_cache` = (keys (B, N, H, S), values (B, N, S, H)), this step's keys and values are written at
         `cache_index`, queries attend causally over the cache, and the updated pair is returned as well.
         """
         query, key, value = rearrange(self.qkv(x), "b t (three n h) -> three b t n h", three=3, n=self.num_heads)
         if kv_cache is not None:
-            key = jax.lax.dynamic_update_slice_in_dim(kv_cache[0], key.astype(kv_cache[0].dtype), cache_index, axis=1)
-            value = jax.lax.dynamic_update_slice_in_dim(kv_cache[1], value.astype(kv_cache[1].dtype), cache_index, axis=1)
-            mask = masks.combine(mask, masks.causal(x.shape[1], key.shape[1], query_offset=cache_index))
-            is_causal = False
+            keys, values = kv_cache
+            keys = jax.lax.dynamic_update_slice_in_dim(keys, rearrange(key, "b t n h -> b n h t").astype(keys.dtype), cache_index, axis=3)
+            values = jax.lax.dynamic_update_slice_in_dim(values, rearrange(value, "b t n h -> b n t h").astype(values.dtype), cache_index, axis=2)
+            mask = masks.combine(mask, masks.causal(x.shape[1], keys.shape[3], query_offset=cache_index))
         if self.drop_key_rate > 0 and not self.deterministic:
             if rngs is None:
                 raise ValueError("attention_dropout in training mode needs rngs=; call model.eval() for inference")
-            shape = (x.shape[0], self.num_heads, x.shape[1], key.shape[1])
+            shape = (x.shape[0], self.num_heads, x.shape[1], key.shape[1] if kv_cache is None else keys.shape[3])
             mask = masks.combine(mask, masks.random(rngs.dropout(), shape, self.drop_key_rate))
+        if kv_cache is not None:
+            attended = _attend_to_cache(query, keys, values, mask)
+            return self.out(rearrange(attended, "b t n h -> b t (n h)")), (keys, values)
         attended = jax.nn.dot_product_attention(
             query, key.astype(query.dtype), value.astype(query.dtype), mask=mask, is_causal=is_causal,
             implementation=self.implementation,
         )  # (B, T, N, H)
-        out = self.out(rearrange(attended, "b t n h -> b t (n h)"))
-        return out if kv_cache is None else (out, (key, value))
+        return self.out(rearrange(attended, "b t n h -> b t (n h)"))
+
+
+def _attend_to_cache(query: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array) -> jax.Array:
+    """Softmax attention of (B, T, N, H) queries over a cache laid out for the two matmuls.
+
+    Keys are stored (B, N, H, S) and values (B, N, S, H): both matmuls then read the cache as it lies. Caching
+    in the (B, S, N, H) layout of the uncached path made XLA transpose every layer's whole cache on every
+    decoding step, a third of the decoding time (benchmarks/NOTES.md).
+    """
+    scores = jnp.einsum("btnh,bnhs->bnts", query, keys.astype(query.dtype)).astype(jnp.float32)
+    scores = jnp.where(mask, scores / jnp.sqrt(query.shape[-1]).astype(jnp.float32), jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(query.dtype)
+    return jnp.einsum("bnts,bnsh->btnh", probs, values.astype(query.dtype))

@@ -9,17 +9,17 @@ import jax.numpy as jnp
 
 
 class KVCache(NamedTuple):
-    keys: tuple[jax.Array, ...]  # one (B, S, N, H) array per layer
-    values: tuple[jax.Array, ...]
+    keys: tuple[jax.Array, ...]  # one (B, N, H, S) array per layer: the layout q·kᵀ reads without a transpose
+    values: tuple[jax.Array, ...]  # one (B, N, S, H) array per layer
     valid: jax.Array  # (B, S) bool: written and not padding
     index: jax.Array  # int32 scalar: where the next token is written
 
     @classmethod
     def empty(cls, *, num_layers: int, batch: int, length: int, num_heads: int, head_dim: int, dtype=jnp.float32) -> KVCache:
         """A zeroed cache of `length` positions."""
-        zeros = lambda: jnp.zeros((batch, length, num_heads, head_dim), dtype)
-        layers = tuple(zeros() for _ in range(num_layers))
-        return cls(layers, tuple(zeros() for _ in range(num_layers)), jnp.zeros((batch, length), bool), jnp.zeros((), jnp.int32))
+        keys = tuple(jnp.zeros((batch, num_heads, head_dim, length), dtype) for _ in range(num_layers))
+        values = tuple(jnp.zeros((batch, num_heads, length, head_dim), dtype) for _ in range(num_layers))
+        return cls(keys, values, jnp.zeros((batch, length), bool), jnp.zeros((), jnp.int32))
 
     @property
     def length(self) -> int:
