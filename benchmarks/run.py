@@ -40,6 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--allocator", choices=("huge-pages", "system"), default="huge-pages",
                         help="huge-pages: relaunch with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 as the flaxen command does "
                              "(flaxen.runtime; both sides run under it); system: the C allocator's defaults")
+    parser.add_argument("--settle", type=int, default=1,
+                        help="untimed steps at the start of each implementation's turn in a round (default: %(default)s)")
     parser.add_argument("--tag", default="", help="free text copied into every JSON row (e.g. the lever being tried)")
     args = parser.parse_args(argv)
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
@@ -188,13 +190,16 @@ class Timings:
 
 
 def interleaved(steps: dict[str, Callable[[], float]], *, warmup: int, timed: int, per_round: int,
-                wait_quiet: float = 0.0) -> Timings:
+                wait_quiet: float = 0.0, settle: int | None = None) -> Timings:
     """Run each implementation's step function `warmup` times, then `timed` times, alternating in small rounds.
 
     Each step function does one unit of work, waits for it to finish and returns its own elapsed seconds. The order
     rotates every round so no implementation always runs right after another. Other processes' CPU use is measured
     per round; with `wait_quiet`, each round first waits (up to that many seconds) for the machine to be quiet.
+    Each turn starts with `settle` untimed steps (default: ARGS.settle): the first step after the other library
+    ran is slower than a training loop's steady state (flaxen's by 5-45% after torch, NOTES.md §9).
     """
+    settle = (ARGS.settle if ARGS is not None else 0) if settle is None else settle
     names = list(steps)
     for name in names:
         for _ in range(warmup):
@@ -207,6 +212,8 @@ def interleaved(steps: dict[str, Callable[[], float]], *, warmup: int, timed: in
         other = OtherLoad().start()
         order = names[index % len(names):] + names[: index % len(names)]
         for name in order:
+            for _ in range(settle if len(result.times[name]) < timed else 0):
+                steps[name]()
             for _ in range(min(per_round, timed - len(result.times[name]))):
                 result.times[name].append(steps[name]())
                 result.rounds[name].append(index)
@@ -745,7 +752,7 @@ def environment(args) -> dict[str, Any]:
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "jax_devices": [str(d) for d in jax.devices()],
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "allocator": args.allocator,
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "ld_preload": os.environ.get("LD_PRELOAD", ""), "compute_dtype": args.compute_dtype or "float32",
-        "steps": args.steps, "warmup": args.warmup, "quick": args.quick, "torch_compile": args.compile,
+        "steps": args.steps, "warmup": args.warmup, "settle": args.settle, "quick": args.quick, "torch_compile": args.compile,
         "loadavg": loadavg(),
     }
 
