@@ -9,6 +9,7 @@ from flax import nnx
 
 from flaxen.core import masks
 from flaxen.core.config import TransformerConfig
+from flaxen.core.linear import Linear
 
 
 class MultiHeadAttention(nnx.Module):
@@ -21,8 +22,8 @@ class MultiHeadAttention(nnx.Module):
         self.implementation = config.attention_implementation
         self.deterministic = False
         # Output columns are [q | k | v], each (num_heads · head_dim): the layout of GPT-2's c_attn.
-        self.qkv = nnx.Linear(config.hidden_size, 3 * config.hidden_size, kernel_init=kernel_init, dtype=dtype, rngs=rngs)
-        self.out = nnx.Linear(config.hidden_size, config.hidden_size, kernel_init=out_kernel_init, dtype=dtype, rngs=rngs)
+        self.qkv = Linear(config.hidden_size, 3 * config.hidden_size, kernel_init=kernel_init, dtype=dtype, rngs=rngs)
+        self.out = Linear(config.hidden_size, config.hidden_size, kernel_init=out_kernel_init, dtype=dtype, rngs=rngs)
 
     def __call__(
         self,

@@ -10,6 +10,7 @@ from flaxen.core.activations import Activation
 from flaxen.core.attention import MultiHeadAttention
 from flaxen.core.config import TransformerConfig
 from flaxen.core.kv_cache import KVCache
+from flaxen.core.linear import Linear
 
 
 class MLP(nnx.Module):
@@ -17,9 +18,9 @@ class MLP(nnx.Module):
 
     def __init__(self, config: TransformerConfig, *, kernel_init, out_kernel_init, rngs: nnx.Rngs):
         dtype = jnp.dtype(config.dtype)
-        self.fc_in = nnx.Linear(config.hidden_size, config.mlp_dim, kernel_init=kernel_init, dtype=dtype, rngs=rngs)
+        self.fc_in = Linear(config.hidden_size, config.mlp_dim, kernel_init=kernel_init, dtype=dtype, rngs=rngs)
         self.activation = Activation(config.activation, config.mlp_dim)
-        self.fc_out = nnx.Linear(config.mlp_dim, config.hidden_size, kernel_init=out_kernel_init, dtype=dtype, rngs=rngs)
+        self.fc_out = Linear(config.mlp_dim, config.hidden_size, kernel_init=out_kernel_init, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         return self.fc_out(self.activation(self.fc_in(x), rngs=rngs))

@@ -7,6 +7,8 @@ import jax.numpy as jnp
 from einops import rearrange
 from flax import nnx
 
+from flaxen.core.linear import Linear
+
 
 class PositionEmbedding(nnx.Module):
     """Learned absolute positions added to (B, T, D) inputs."""
@@ -30,7 +32,7 @@ class PatchEmbedding(nnx.Module):
 
     def __init__(self, patch_size: int, channels: int, features: int, *, rngs: nnx.Rngs, kernel_init, dtype=None):
         self.patch_size = patch_size
-        self.projection = nnx.Linear(patch_size * patch_size * channels, features, kernel_init=kernel_init, dtype=dtype, rngs=rngs)
+        self.projection = Linear(patch_size * patch_size * channels, features, kernel_init=kernel_init, dtype=dtype, rngs=rngs)
 
     def __call__(self, images: jax.Array) -> jax.Array:
         p = self.patch_size

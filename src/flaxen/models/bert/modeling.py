@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from flaxen.core import Activation, PositionEmbedding, TransformerConfig, TransformerStack, as_rngs, masks
+from flaxen.core.linear import Linear
 from flaxen.core.losses import position_weights, scored
 from flaxen.core.mlm import mask_tokens
 from flaxen.core.pretrained import PretrainedMixin
@@ -61,7 +62,7 @@ class Bert(PretrainedMixin, nnx.Module):
         self.embedding_norm = nnx.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps, dtype=dtype, rngs=rngs)
         self.dropout = nnx.Dropout(config.dropout)
         self.stack = TransformerStack(config, norm_first=False, kernel_init=init, out_kernel_init=init, rngs=rngs)
-        self.pooler = nnx.data(nnx.Linear(config.hidden_size, config.hidden_size, kernel_init=init, dtype=dtype, rngs=rngs) if add_pooler else None)
+        self.pooler = nnx.data(Linear(config.hidden_size, config.hidden_size, kernel_init=init, dtype=dtype, rngs=rngs) if add_pooler else None)
 
     def __call__(
         self,
@@ -97,7 +98,7 @@ class MaskedLMHead(nnx.Module):
     def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
         init = nnx.initializers.normal(config.initializer_range)
         dtype = jnp.dtype(config.dtype)
-        self.transform = nnx.Linear(config.hidden_size, config.hidden_size, kernel_init=init, dtype=dtype, rngs=rngs)
+        self.transform = Linear(config.hidden_size, config.hidden_size, kernel_init=init, dtype=dtype, rngs=rngs)
         self.activation = Activation(config.activation, config.hidden_size)
         self.norm = nnx.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps, dtype=dtype, rngs=rngs)
         self.bias = nnx.Param(jnp.zeros((config.vocab_size,), jnp.float32))
@@ -157,7 +158,7 @@ class BertForSequenceClassification(PretrainedMixin, nnx.Module):
         self.bert = Bert(config, rngs=rngs)
         self.dropout = nnx.Dropout(config.dropout)
         init = nnx.initializers.normal(config.initializer_range)
-        self.classifier = nnx.Linear(config.hidden_size, config.num_labels, kernel_init=init, rngs=rngs)
+        self.classifier = Linear(config.hidden_size, config.num_labels, kernel_init=init, rngs=rngs)
 
     def __call__(self, token_ids, padding_mask=None, token_type_ids=None, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         """(B, T) ids -> (B, num_labels) logits."""

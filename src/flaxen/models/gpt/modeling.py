@@ -11,6 +11,7 @@ from flax import nnx
 
 from flaxen.core import PositionEmbedding, TransformerConfig, TransformerStack, as_rngs, masks
 from flaxen.core.kv_cache import KVCache
+from flaxen.core.linear import Linear
 from flaxen.core.losses import position_weights, scored
 from flaxen.core.pretrained import PretrainedMixin
 from flaxen.core.validation import check_same_shape, check_token_ids
@@ -127,7 +128,7 @@ class GPTForSequenceClassification(PretrainedMixin, nnx.Module):
         self.config = config
         self.gpt = GPT(config, rngs=rngs)
         init = nnx.initializers.normal(config.initializer_range)
-        self.score = nnx.Linear(config.hidden_size, config.num_labels, use_bias=False, kernel_init=init, rngs=rngs)
+        self.score = Linear(config.hidden_size, config.num_labels, use_bias=False, kernel_init=init, rngs=rngs)
 
     def __call__(self, token_ids: jax.Array, padding_mask: jax.Array | None = None, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         """(B, T) ids -> (B, num_labels) logits."""

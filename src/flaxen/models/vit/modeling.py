@@ -11,6 +11,7 @@ import numpy as np
 from flax import nnx
 
 from flaxen.core import PatchEmbedding, TransformerConfig, TransformerStack, as_rngs
+from flaxen.core.linear import Linear
 from flaxen.core.losses import scored
 from flaxen.core.pretrained import PretrainedMixin
 from flaxen.core.resample import resample_grid
@@ -146,10 +147,10 @@ class ViTForImageClassification(PretrainedMixin, nnx.Module):
         features = config.hidden_size
         self.pre_logits = nnx.data(None)
         if config.representation_size is not None:
-            self.pre_logits = nnx.data(nnx.Linear(features, config.representation_size, kernel_init=init, rngs=rngs))
+            self.pre_logits = nnx.data(Linear(features, config.representation_size, kernel_init=init, rngs=rngs))
             features = config.representation_size
         head_init = nnx.initializers.zeros if config.head_zero_init else init
-        self.head = nnx.Linear(features, config.num_labels, kernel_init=head_init, rngs=rngs)
+        self.head = Linear(features, config.num_labels, kernel_init=head_init, rngs=rngs)
 
     def __call__(self, images: jax.Array, *, rngs: nnx.Rngs | None = None, interpolate_position_embeddings: bool = False) -> jax.Array:
         """(B, H, W, C) float images -> (B, num_labels) logits."""

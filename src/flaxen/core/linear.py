@@ -1,0 +1,45 @@
+"""`nnx.Linear` with a hand-written backward pass that XLA compiles into faster matmuls."""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+
+@jax.custom_vjp
+def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """(..., K) @ (K, N) -> (..., N)."""
+    return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def _matmul_forward(x, kernel):
+    return matmul(x, kernel), (x, kernel)
+
+
+def _matmul_backward(residuals, grad_out):
+    # Autodiff's transpose of a (B, T, K) x (K, N) dot contracts the kernel gradient over two axes (B and T) and
+    # orders the input gradient's dot so that XLA:CPU adds transposes around both; written as 2-D matmuls over
+    # the flattened rows, the same arithmetic makes the training step 7-15% faster (benchmarks/NOTES.md §10).
+    x, kernel = residuals
+    grad_x = jax.lax.dot_general(grad_out, kernel, (((grad_out.ndim - 1,), (1,)), ((), ())))
+    rows = x.reshape(-1, x.shape[-1])
+    grad_rows = grad_out.reshape(-1, grad_out.shape[-1])
+    grad_kernel = jax.lax.dot_general(rows, grad_rows, (((0,), (0,)), ((), ())))
+    return grad_x, grad_kernel
+
+
+matmul.defvjp(_matmul_forward, _matmul_backward)
+
+
+def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, out_sharding=None):
+    """Drop-in for `jax.lax.dot_general` in `nnx.Linear`: its (..., K) x (K, N) case goes through `matmul`."""
+    plain_linear = dimension_numbers == (((lhs.ndim - 1,), (0,)), ((), ())) and rhs.ndim == 2
+    if plain_linear and precision is None and preferred_element_type is None and out_sharding is None:
+        return matmul(lhs, rhs)
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                               preferred_element_type=preferred_element_type, out_sharding=out_sharding)
+
+
+def Linear(in_features: int, out_features: int, **kwargs) -> nnx.Linear:  # noqa: N802 (a constructor)
+    """`nnx.Linear` (same parameters, same forward) whose backward pass uses `matmul`'s."""
+    return nnx.Linear(in_features, out_features, dot_general=dot_general, **kwargs)
