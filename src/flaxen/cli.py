@@ -35,9 +35,9 @@ def _training_arguments(parser: argparse.ArgumentParser, *, presets: str, defaul
                         help="compute precision; parameters stay float32 (default: float32)")
     parser.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
     parser.add_argument("--scan-layers", action="store_true",
-                        help="compile one block and scan it over the layers (faster compiles for deep models)")
+                        help="run the layers as one lax.scan over a single compiled block (with --remat: 2-5x less memory)")
     parser.add_argument("--remat", action="store_true",
-                        help="recompute activations in the backward pass (less memory, about a third more compute)")
+                        help="recompute each block's activations in the backward pass instead of storing them")
     parser.add_argument("--fsdp", type=int, default=1, help="devices that split each parameter and its optimizer state "
                         "(fully sharded data parallel); every device takes a share of each batch (default: %(default)s)")
     parser.add_argument("--out", default=out, help="run folder for config, tokenizer, checkpoints, metrics, plot (default: %(default)s)")

@@ -71,7 +71,7 @@ class TransformerConfig(ConfigMixin):
     initializer_range: float = 0.02
     dtype: str = "float32"  # compute dtype; parameters stay float32
     attention_implementation: str | None = None  # None lets JAX choose; "cudnn" for the fused GPU kernel
-    scan_layers: bool = False  # run the blocks as one lax.scan: compile time stops growing with depth
+    scan_layers: bool = False  # run the blocks as one lax.scan over stacked parameters (with remat: far less memory)
     remat: bool = False  # recompute each block's activations in the backward pass instead of storing them
 
     def __post_init__(self):
