@@ -59,15 +59,38 @@ def test_a_script_relaunches_once_with_the_tunable_and_keeps_its_arguments(tmp_p
         "relaunch_with_fast_allocator()\n"
         "print(os.environ.get('GLIBC_TUNABLES'), sys.argv[1:])\n"
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "FLAXEN_ALLOCATOR")}
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "FLAXEN_ALLOCATOR", "FLAXEN_RELAUNCHED")}
     out = subprocess.run([sys.executable, str(script), "a b", "--x"], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.splitlines() == ["started", "started", f"{HUGE_PAGE_TUNABLE} ['a b', '--x']"]
+
+
+SCRIPT = (
+    "import os, sys\n"
+    "print('started', flush=True)\n"
+    "from flaxen.runtime import relaunch_with_fast_allocator\n"
+    "relaunch_with_fast_allocator()\n"
+    "print(os.environ.get('GLIBC_TUNABLES'), sys.argv[1:])\n"
+)
+
+
+@pytest.mark.skipif(not _relaunch_applies(), reason="this machine's glibc/kernel cannot use the tunable (or it is set)")
+def test_a_module_run_with_dash_m_relaunches_but_a_runpy_host_is_left_alone(tmp_path):
+    (tmp_path / "relaunching_module.py").write_text(SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "FLAXEN_ALLOCATOR", "FLAXEN_RELAUNCHED")}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-m", "relaunching_module", "x"], env=env, capture_output=True, text=True,
+                         check=True, cwd=tmp_path)
+    assert out.stdout.splitlines() == ["started", "started", f"{HUGE_PAGE_TUNABLE} ['x']"]
+    host = tmp_path / "host.py"  # another program running the script in its own process must not be restarted
+    host.write_text(f"import runpy\nprint('host', flush=True)\nrunpy.run_path({str(tmp_path / 'relaunching_module.py')!r}, run_name='__main__')\n")
+    out = subprocess.run([sys.executable, str(host)], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == ["host", "started", "None []"]
 
 
 def test_the_command_runs_under_the_tunable(tmp_path):
     """`flaxen` relaunches itself; a bad-input error still comes out as one line with exit code 2."""
     probe = tmp_path / "missing-run"
-    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "FLAXEN_ALLOCATOR")}
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "FLAXEN_ALLOCATOR", "FLAXEN_RELAUNCHED")}
     out = subprocess.run([sys.executable, "-m", "flaxen.cli", "generate", "--run", str(probe), "--prompt", "x"],
                          env=env, capture_output=True, text=True)
     assert out.returncode == 2, out.stderr

@@ -7,7 +7,8 @@ glibc to back large allocations with transparent huge pages (`GLIBC_TUNABLES=gli
 that to a few hundred faults per step. glibc reads the variable once, at process start, so applying it means
 relaunching the process: `relaunch_with_fast_allocator()` does that, and the `flaxen` command calls it.
 
-This module must not import jax (or anything heavy): it runs before the relaunch.
+This module itself imports nothing heavy; importing it loads the `flaxen` package (~1 s, models only), which is
+what a relaunch repeats.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 HUGE_PAGE_TUNABLE = "glibc.malloc.hugetlb=1"
 OPT_OUT_VARIABLE = "FLAXEN_ALLOCATOR"  # set to "system" to keep the C allocator's defaults
+_RELAUNCHED_VARIABLE = "FLAXEN_RELAUNCHED"
 TRANSPARENT_HUGE_PAGES = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 _MIN_GLIBC = (2, 35)  # the release that added glibc.malloc.hugetlb
 
@@ -56,21 +58,39 @@ def fast_allocator_environment(
 def relaunch_with_fast_allocator() -> None:
     """Replace this process with the same command under `fast_allocator_environment()`; a no-op when that is None.
 
-    Call it first thing in a training script (before loading data: the relaunch starts the script over). Also a
-    no-op in an interactive interpreter or for a script read from standard input, which cannot be started over.
+    Call it first thing in a training script (before loading data: the relaunch starts the script over). A no-op
+    unless this process runs a script or `-m` module of its own (not in notebooks, IPython, `-c` or stdin): there,
+    export GLIBC_TUNABLES=glibc.malloc.hugetlb=1 before starting Python instead.
     """
     argv = list(getattr(sys, "orig_argv", []))
-    if len(argv) < 2 or sys.argv[0] in ("", "-") or hasattr(sys, "ps1") or sys.flags.interactive:
+    if not _runs_as_its_own_command(argv) or os.environ.get(_RELAUNCHED_VARIABLE):
         return
     environ = fast_allocator_environment()
     if environ is None:
         return
+    environ[_RELAUNCHED_VARIABLE] = "1"  # never twice, even if something strips GLIBC_TUNABLES
     sys.stdout.flush()
     sys.stderr.flush()
     try:
         os.execve(sys.executable, [sys.executable, *argv[1:]], environ)
     except OSError:
         return  # keep running with the default allocator rather than fail
+
+
+def _runs_as_its_own_command(argv: list[str]) -> bool:
+    """True when `__main__` is the script or `-m` module the interpreter was started with, so starting the same
+    command over gives the same program. False for notebooks, IPython's %run, runpy hosts, `-c` and stdin."""
+    if len(argv) < 2 or hasattr(sys, "ps1") or sys.flags.interactive:
+        return False
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name:  # python -m package.module
+        module = spec.name.removesuffix(".__main__")
+        return "-m" in argv[:-1] and argv[argv.index("-m") + 1] in (module, spec.name)
+    main_file = getattr(main, "__file__", None)
+    if not main_file or sys.argv[0] in ("", "-", "-c"):
+        return False
+    return any(os.path.abspath(arg) == os.path.abspath(main_file) for arg in argv[1:])
 
 
 def _version(text: str) -> tuple[int, ...]:

@@ -78,7 +78,7 @@ def test_per_row_weights_apply_to_every_position_of_the_row():
     np.testing.assert_allclose(cross_entropy(logits, labels, row_weights), cross_entropy(logits[:1], labels[:1]), rtol=1e-6)
 
 
-def test_accuracy_matches_argmax_and_counts_ties_as_correct():
+def test_accuracy_matches_argmax_and_counts_ties_and_bad_labels_as_wrong():
     from flaxen.core.losses import accuracy
 
     rng = np.random.default_rng(0)
@@ -91,4 +91,9 @@ def test_accuracy_matches_argmax_and_counts_ties_as_correct():
     np.testing.assert_allclose(accuracy(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(weights)),
                                (hits * weights).sum() / weights.sum(), rtol=1e-6)
     tied = jnp.asarray([[1.0, 3.0, 3.0]])
-    assert float(accuracy(tied, jnp.asarray([2]))) == 1.0 and float(accuracy(tied, jnp.asarray([0]))) == 0.0
+    assert float(accuracy(tied, jnp.asarray([2]))) == 0.0 and float(accuracy(tied, jnp.asarray([1]))) == 0.0
+    assert float(accuracy(jnp.zeros((4, 10)), jnp.arange(4))) == 0.0  # a zero-initialised head has learned nothing
+    peaked = jnp.asarray([[0.0, 1.0, 5.0], [3.0, 1.0, 0.0]])
+    assert float(accuracy(peaked, jnp.asarray([-1, -3]))) == 0.0  # no wrap-around of negative labels
+    assert float(accuracy(peaked, jnp.asarray([2, 3]))) == 0.5
+    assert float(accuracy(peaked.astype(jnp.bfloat16), jnp.asarray([2, 0]))) == 1.0

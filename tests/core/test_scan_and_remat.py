@@ -78,3 +78,11 @@ def test_generation_ignores_the_switches():
     scanned = GPTForCausalLM(config.replace(scan_layers=True, remat=True), rngs=nnx.Rngs(0))
     np.testing.assert_array_equal(generate_ids(scanned, prompt, max_new_tokens=6, temperature=0),
                                   generate_ids(plain, prompt, max_new_tokens=6, temperature=0))
+
+
+def test_an_rngs_without_a_dropout_stream_works_when_nothing_is_random():
+    config = BertConfig.tiny(num_layers=2, scan_layers=True, remat=True)
+    model = BertForMaskedLM(config, rngs=nnx.Rngs(0))
+    model.eval()
+    loss, _ = model.loss(tokens(config.vocab_size), rngs=nnx.Rngs(masking=1))
+    assert np.isfinite(float(loss))

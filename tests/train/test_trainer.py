@@ -259,3 +259,17 @@ def test_gradient_accumulation_trains(tmp_path):
     trainer = Trainer(model, optimizer, tmp_path, batch_size=16, eval_every=30, log_every=10, progress=False)
     final = trainer.fit(toy_data(), steps=60)
     assert final["validation_accuracy"] > 0.8
+
+
+def test_resume_allows_new_config_fields_and_changed_execution_switches(tmp_path):
+    from flaxen import GPTConfig, GPTForCausalLM
+    from flaxen.train.checkpoints import check_resumable
+
+    model = GPTForCausalLM(GPTConfig.tiny(), rngs=nnx.Rngs(0))
+    saved = json.loads(model.config.to_json())
+    del saved["scan_layers"], saved["remat"]  # a config.json written before these fields existed
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    check_resumable(model, tmp_path)
+    check_resumable(GPTForCausalLM(GPTConfig.tiny(scan_layers=True, remat=True), rngs=nnx.Rngs(0)), tmp_path)
+    with pytest.raises(ValueError, match="in num_layers"):
+        check_resumable(GPTForCausalLM(GPTConfig.tiny(num_layers=3), rngs=nnx.Rngs(0)), tmp_path)

@@ -68,7 +68,7 @@ def _attend_to_cache(query: jax.Array, keys: jax.Array, values: jax.Array, mask:
     in the (B, S, N, H) layout of the uncached path made XLA transpose every layer's whole cache on every
     decoding step, a third of the decoding time (benchmarks/NOTES.md).
     """
-    scores = jnp.einsum("btnh,bnhs->bnts", query, keys.astype(query.dtype)).astype(jnp.float32)
+    scores = jnp.einsum("btnh,bnhs->bnts", query, keys.astype(query.dtype), preferred_element_type=jnp.float32)
     scores = jnp.where(mask, scores / jnp.sqrt(query.shape[-1]).astype(jnp.float32), jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(query.dtype)
     return jnp.einsum("bnts,bnsh->btnh", probs, values.astype(query.dtype))

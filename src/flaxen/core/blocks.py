@@ -119,8 +119,10 @@ class TransformerStack(nnx.Module):
         """The blocks as a pure function of their parameters (scanned and/or rematerialised); `keep`: every output."""
         splits = [nnx.split(block) for block in self.blocks]
         graphdef = splits[0][0]
-        # Each layer draws its own dropout key up front: the scanned body cannot advance the caller's Rngs.
-        layer_keys = jax.random.split(rngs.dropout(), len(splits)) if rngs is not None else None
+        # Each layer draws its own dropout key up front: the scanned body cannot advance the caller's Rngs. Like
+        # the layer loop, need no key when nothing is random (evaluation, or an Rngs without a dropout stream).
+        random = rngs is not None and ("dropout" in rngs or "default" in rngs)
+        layer_keys = jax.random.split(rngs.dropout(), len(splits)) if random else None
 
         def apply(state, x, key):
             block_rngs = None if key is None else nnx.Rngs(dropout=key)

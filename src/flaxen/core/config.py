@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 
 class ConfigMixin:
@@ -71,6 +71,9 @@ class TransformerConfig(ConfigMixin):
     initializer_range: float = 0.02
     dtype: str = "float32"  # compute dtype; parameters stay float32
     attention_implementation: str | None = None  # None lets JAX choose; "cudnn" for the fused GPU kernel
+    # How the model runs, not what it computes: a run may resume with these changed.
+    EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = ("scan_layers", "remat", "attention_implementation")
+
     scan_layers: bool = False  # run the blocks as one lax.scan over stacked parameters (with remat: far less memory)
     remat: bool = False  # recompute each block's activations in the backward pass instead of storing them
 

@@ -1,4 +1,8 @@
-"""`nnx.Linear` with a hand-written backward pass that XLA compiles into faster matmuls."""
+"""`nnx.Linear` with a hand-written backward pass that XLA compiles into faster matmuls.
+
+Being a `jax.custom_vjp`, it supports reverse mode (grad, vjp, grad of grad) but not forward mode: `jax.jvp`,
+`jax.jacfwd` or `jax.hessian` through these layers raise. Build a model with plain `nnx.Linear` layers for those.
+"""
 
 from __future__ import annotations
 

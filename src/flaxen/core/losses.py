@@ -14,14 +14,20 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array | Non
 
 
 def accuracy(logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None) -> jax.Array:
-    """Fraction (weighted) of rows whose label has the largest logit; a tie for the largest counts as correct.
+    """Fraction (weighted) of rows whose label has the largest logit; labels outside [0, V) and ties are wrong.
 
-    Same as `argmax(logits) == labels` except on exact ties. Comparing the label's logit with the row max reuses
-    the max the loss needs anyway; an argmax over a large vocabulary is a separate (value, index) reduction that
-    cost XLA:CPU 5-6% of a GPT training step (benchmarks/NOTES.md).
+    The same as `argmax(logits) == labels` except on exact ties for the maximum (argmax picks the first; here a
+    tie never counts, so an untrained zero-initialised head scores 0, not 1). Comparing the label's logit with the
+    row maximum of the float32 logits reuses the maximum the loss computes; an argmax over a large vocabulary is
+    a separate (value, index) reduction that cost XLA:CPU 5-6% of a GPT training step (benchmarks/NOTES.md).
     """
-    label_logits = jnp.take_along_axis(logits, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    correct = label_logits >= jnp.max(logits, axis=-1)
+    logits = logits.astype(jnp.float32)
+    labels = labels.astype(jnp.int32)
+    in_range = (labels >= 0) & (labels < logits.shape[-1])
+    label_logits = jnp.take_along_axis(logits, jnp.where(in_range, labels, 0)[..., None], axis=-1)[..., 0]
+    row_max = jnp.max(logits, axis=-1, keepdims=True)
+    unique_max = jnp.sum(logits == row_max, axis=-1) == 1
+    correct = in_range & unique_max & (label_logits == row_max[..., 0])
     return weighted_mean(correct.astype(jnp.float32), weights)
 
 

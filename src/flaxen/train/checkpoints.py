@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -142,8 +143,15 @@ def check_resumable(model: nnx.Module, out_dir: Path) -> None:
     if not config_file.exists():
         return
     saved = json.loads(config_file.read_text())
-    current = json.loads(model.config.to_json())
-    differing = sorted(key for key in saved.keys() | current.keys() if saved.get(key) != current.get(key))
+    saved.pop("config_class", None)  # the model class was checked above
+    current = model.config.to_dict()
+    # Fields added after the run was written take their defaults; execution switches may change on resume.
+    defaults = {f.name: f.default for f in dataclasses.fields(model.config) if f.default is not dataclasses.MISSING}
+    ignored = set(getattr(model.config, "EXECUTION_FIELDS", ()))
+    differing = sorted(
+        key for key in (saved.keys() | current.keys()) - ignored
+        if json.dumps(saved.get(key, defaults.get(key))) != json.dumps(current.get(key))
+    )
     if differing:
         raise ValueError(
             f"cannot resume {out_dir}: its {CONFIG_FILE} differs from this model's config in "
