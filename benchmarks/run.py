@@ -431,6 +431,16 @@ class TorchStep:
         return elapsed
 
 
+def hf_peer(model_class, hf_config, loss_fn: Callable, batches: list) -> Callable[[bool], TorchStep]:
+    """`peer(compile)`: a fresh, seeded HF model with sdpa attention wrapped in a TorchStep (eager or compiled)."""
+
+    def peer(compile: bool) -> TorchStep:
+        torch.manual_seed(0)
+        return TorchStep(model_class._from_config(hf_config, attn_implementation="sdpa"), loss_fn, batches, compile=compile)
+
+    return peer
+
+
 def maybe_wait(args) -> None:
     if args.wait_quiet > 0:
         wait_for_quiet(args.wait_quiet)
@@ -500,9 +510,7 @@ def bench_gpt(args, matmul_ref):
         logits = forward(input_ids=ids[:, :-1]).logits
         return F.cross_entropy(logits.reshape(-1, VOCAB).float(), ids[:, 1:].reshape(-1))
 
-    def peer(compile):
-        torch.manual_seed(0)
-        return TorchStep(GPT2LMHeadModel._from_config(config, attn_implementation="sdpa"), loss_fn, batches, compile=compile)
+    peer = hf_peer(GPT2LMHeadModel, config, loss_fn, batches)
 
     tokens = LM_BATCH * CONTEXT
     parts = transformer_train_flops(layers=LAYERS, width=WIDTH, mlp=MLP, seq_len=CONTEXT, sequences=LM_BATCH)
@@ -557,9 +565,7 @@ def bench_bert(args, matmul_ref):
         inputs, labels = batch
         return forward(input_ids=inputs, labels=labels).loss
 
-    def peer(compile):
-        torch.manual_seed(0)
-        return TorchStep(HFBertForMaskedLM._from_config(hf_config, attn_implementation="sdpa"), loss_fn, batches, compile=compile)
+    peer = hf_peer(HFBertForMaskedLM, hf_config, loss_fn, batches)
 
     tokens = LM_BATCH * CONTEXT
     slots = num_prediction_slots(CONTEXT, config.mask_rate)  # flaxen's static prediction slots per row
@@ -600,9 +606,7 @@ def bench_vit(args, matmul_ref):
         pixels, targets = batch
         return forward(pixel_values=pixels, labels=targets).loss
 
-    def peer(compile):
-        torch.manual_seed(0)
-        return TorchStep(HFViT._from_config(hf_config, attn_implementation="sdpa"), loss_fn, batches, compile=compile)
+    peer = hf_peer(HFViT, hf_config, loss_fn, batches)
 
     patches = (VIT_IMAGE // VIT_PATCH) ** 2
     seq = patches + 1
