@@ -41,15 +41,17 @@ class MultiHeadAttention(nnx.Module):
         `cache_index`, queries attend causally over the cache, and the updated pair is returned as well.
         """
         query, key, value = rearrange(self.qkv(x), "b t (three n h) -> three b t n h", three=3, n=self.num_heads)
+        source_length = key.shape[1]
         if kv_cache is not None:
             keys, values = kv_cache
             keys = jax.lax.dynamic_update_slice_in_dim(keys, rearrange(key, "b t n h -> b n h t").astype(keys.dtype), cache_index, axis=3)
             values = jax.lax.dynamic_update_slice_in_dim(values, rearrange(value, "b t n h -> b n t h").astype(values.dtype), cache_index, axis=2)
-            mask = masks.combine(mask, masks.causal(x.shape[1], keys.shape[3], query_offset=cache_index))
+            source_length = keys.shape[3]
+            mask = masks.combine(mask, masks.causal(x.shape[1], source_length, query_offset=cache_index))
         if self.drop_key_rate > 0 and not self.deterministic:
             if rngs is None:
                 raise ValueError("attention_dropout in training mode needs rngs=; call model.eval() for inference")
-            shape = (x.shape[0], self.num_heads, x.shape[1], key.shape[1] if kv_cache is None else keys.shape[3])
+            shape = (x.shape[0], self.num_heads, x.shape[1], source_length)
             mask = masks.combine(mask, masks.random(rngs.dropout(), shape, self.drop_key_rate))
         if kv_cache is not None:
             attended = _attend_to_cache(query, keys, values, mask)
