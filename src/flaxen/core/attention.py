@@ -34,14 +34,28 @@ class MultiHeadAttention(nnx.Module):
         rngs: nnx.Rngs | None = None,
         kv_cache: tuple[jax.Array, jax.Array] | None = None,
         cache_index: jax.Array | None = None,
+        query_positions: slice | jax.Array | None = None,
     ):
         """(B, T, D) -> (B, T, D); `mask` is boolean, True = may attend, broadcastable to (B, N, T, S).
 
         With `kv_cache` = (keys (B, N, H, S), values (B, N, S, H)), this step's keys and values are written at
         `cache_index`, queries attend causally over the cache, and the updated pair is returned as well.
+        With `query_positions` (a slice, or (B, P) indices), only those positions query: the output is
+        (B, P, D), the same as those rows of the full output.
         """
         query, key, value = rearrange(self.qkv(x), "b t (three n h) -> three b t n h", three=3, n=self.num_heads)
         source_length = key.shape[1]
+        own_positions = None
+        if query_positions is not None:
+            if kv_cache is not None:
+                raise ValueError("query_positions cannot be combined with a KV cache")
+            own_positions = position_indices(query_positions, x.shape[0], source_length)
+            query = take_positions(query, query_positions)
+            if mask is not None and mask.shape[-2] != 1:  # a per-query mask keeps the chosen queries' rows
+                mask = jnp.broadcast_to(mask, (x.shape[0], mask.shape[1], source_length, source_length))
+                mask = jnp.take_along_axis(mask, own_positions[:, None, :, None], axis=2)
+            if is_causal:
+                mask, is_causal = masks.combine(mask, masks.causal_at(own_positions, source_length)), False
         if kv_cache is not None:
             keys, values = kv_cache
             keys = jax.lax.dynamic_update_slice_in_dim(keys, rearrange(key, "b t n h -> b n h t").astype(keys.dtype), cache_index, axis=3)
@@ -51,8 +65,8 @@ class MultiHeadAttention(nnx.Module):
         if self.drop_key_rate > 0 and not self.deterministic:
             if rngs is None:
                 raise ValueError("attention_dropout in training mode needs rngs=; call model.eval() for inference")
-            shape = (x.shape[0], self.num_heads, x.shape[1], source_length)
-            mask = masks.combine(mask, masks.random(rngs.dropout(), shape, self.drop_key_rate))
+            shape = (x.shape[0], self.num_heads, query.shape[1], source_length)
+            mask = masks.combine(mask, masks.random(rngs.dropout(), shape, self.drop_key_rate, query_positions=own_positions))
         if kv_cache is not None:
             attended = _attend_to_cache(query, keys, values, mask)
             return self.out(rearrange(attended, "b t n h -> b t (n h)")), (keys, values)
@@ -61,6 +75,20 @@ class MultiHeadAttention(nnx.Module):
             implementation=self.implementation,
         )  # (B, T, N, H)
         return self.out(rearrange(attended, "b t n h -> b t (n h)"))
+
+
+def position_indices(positions: slice | jax.Array, batch: int, length: int) -> jax.Array:
+    """(B, P) int32 indices of `positions` (a slice, or (B, P) / (P,) indices) along a length-`length` axis."""
+    indices = jnp.arange(length, dtype=jnp.int32)[positions] if isinstance(positions, slice) else jnp.asarray(positions, jnp.int32)
+    return jnp.broadcast_to(indices, (batch, indices.shape[-1]))
+
+
+def take_positions(x: jax.Array, positions: slice | jax.Array) -> jax.Array:
+    """x[:, positions] for (B, T, ...) `x`: a plain slice, or a per-row gather with (B, P) / (P,) indices."""
+    if isinstance(positions, slice):
+        return x[:, positions]
+    indices = position_indices(positions, x.shape[0], x.shape[1])
+    return jnp.take_along_axis(x, indices.reshape(indices.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
 def _attend_to_cache(query: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array) -> jax.Array:

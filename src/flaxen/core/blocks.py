@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from flaxen.core.activations import Activation
-from flaxen.core.attention import MultiHeadAttention
+from flaxen.core.attention import MultiHeadAttention, take_positions
 from flaxen.core.config import TransformerConfig
 from flaxen.core.kv_cache import KVCache
 from flaxen.core.linear import Linear
@@ -47,14 +47,22 @@ class TransformerBlock(nnx.Module):
         rngs: nnx.Rngs | None = None,
         kv_cache: tuple[jax.Array, jax.Array] | None = None,
         cache_index: jax.Array | None = None,
+        output_positions: slice | jax.Array | None = None,
     ):
-        """(B, T, D) -> (B, T, D); with `kv_cache` also returns the updated (keys, values)."""
+        """(B, T, D) -> (B, T, D); with `kv_cache` also returns the updated (keys, values).
+
+        With `output_positions` (a slice, or (B, P) indices) the block computes only those rows of its output,
+        (B, P, D): every position still serves as a key, but only these query and pass through the MLP.
+        """
         attended = self.attention(
             self.attention_norm(x) if self.norm_first else x,
             mask=mask, is_causal=is_causal, rngs=rngs, kv_cache=kv_cache, cache_index=cache_index,
+            query_positions=output_positions,
         )
         if kv_cache is not None:
             attended, kv_cache = attended
+        if output_positions is not None:
+            x = take_positions(x, output_positions)
         if self.norm_first:
             x = x + self.dropout(attended, rngs=rngs)
             x = x + self.dropout(self.mlp(self.mlp_norm(x), rngs=rngs), rngs=rngs)
@@ -91,20 +99,28 @@ class TransformerStack(nnx.Module):
         rngs: nnx.Rngs | None = None,
         return_hidden_states: bool = False,
         cache: KVCache | None = None,
+        output_positions: slice | jax.Array | None = None,
     ):
         """(B, T, D) -> (B, T, D), plus every layer's input and output with `return_hidden_states`.
 
         With `cache`, the blocks read and extend it (its `valid` already covers this step) and
-        `(x, updated cache)` is returned.
+        `(x, updated cache)` is returned. With `output_positions` (a slice, or (B, P) indices), the last block
+        computes only those rows, (B, P, D): what a head that reads [CLS] or a few slots needs, for a fraction
+        of the last layer's work.
         """
+        if cache is not None and output_positions is not None:
+            raise ValueError("output_positions cannot be combined with a KV cache")
         if cache is None and (self.scan_layers or self.remat):
-            x, hidden_states = self._functional(x, mask=mask, is_causal=is_causal, rngs=rngs, keep=return_hidden_states)
+            x, hidden_states = self._functional(
+                x, mask=mask, is_causal=is_causal, rngs=rngs, keep=return_hidden_states, output_positions=output_positions,
+            )
             return (x, hidden_states) if return_hidden_states else x
         hidden_states = [x]
         keys, values = [], []
+        last = len(self.blocks) - 1
         for layer, block in enumerate(self.blocks):
             if cache is None:
-                x = block(x, mask=mask, is_causal=is_causal, rngs=rngs)
+                x = block(x, mask=mask, is_causal=is_causal, rngs=rngs, output_positions=output_positions if layer == last else None)
             else:
                 layer_cache = (cache.keys[layer], cache.values[layer])
                 x, (k, v) = block(x, mask=mask, rngs=rngs, kv_cache=layer_cache, cache_index=cache.index)
@@ -115,7 +131,9 @@ class TransformerStack(nnx.Module):
             return x, cache._replace(keys=tuple(keys), values=tuple(values), index=cache.index + x.shape[1])
         return (x, hidden_states) if return_hidden_states else x
 
-    def _functional(self, x: jax.Array, *, mask, is_causal: bool, rngs: nnx.Rngs | None, keep: bool) -> tuple[jax.Array, list[jax.Array]]:
+    def _functional(
+        self, x: jax.Array, *, mask, is_causal: bool, rngs: nnx.Rngs | None, keep: bool, output_positions=None,
+    ) -> tuple[jax.Array, list[jax.Array]]:
         """The blocks as a pure function of their parameters (scanned and/or rematerialised); `keep`: every output."""
         splits = [nnx.split(block) for block in self.blocks]
         graphdef = splits[0][0]
@@ -124,27 +142,39 @@ class TransformerStack(nnx.Module):
         random = rngs is not None and ("dropout" in rngs or "default" in rngs)
         layer_keys = jax.random.split(rngs.dropout(), len(splits)) if random else None
 
-        def apply(state, x, key):
-            block_rngs = None if key is None else nnx.Rngs(dropout=key)
-            return nnx.merge(graphdef, state)(x, mask=mask, is_causal=is_causal, rngs=block_rngs)
+        def block_function(positions):
+            def apply(state, x, key):
+                block_rngs = None if key is None else nnx.Rngs(dropout=key)
+                return nnx.merge(graphdef, state)(x, mask=mask, is_causal=is_causal, rngs=block_rngs, output_positions=positions)
 
-        if self.remat:
-            apply = jax.checkpoint(apply, prevent_cse=not self.scan_layers)  # scan already keeps CSE out
+            return jax.checkpoint(apply, prevent_cse=not self.scan_layers) if self.remat else apply  # scan keeps CSE out
+
+        apply, apply_last = block_function(None), block_function(output_positions)
+        key_of = lambda layer: None if layer_keys is None else layer_keys[layer]
+        last = len(splits) - 1
         if not self.scan_layers:
             hidden_states = [x]
             for layer, (_, state) in enumerate(splits):
-                x = apply(state, x, None if layer_keys is None else layer_keys[layer])
+                x = (apply_last if layer == last else apply)(state, x, key_of(layer))
                 hidden_states.append(x)
             return x, hidden_states
         if any(other != graphdef for other, _ in splits[1:]):
             raise ValueError("scan_layers needs identical blocks; these differ in structure or static settings")
-        stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(state for _, state in splits))
+        # With output_positions the last block runs on its own after the scan over the others.
+        scanned = splits if output_positions is None else splits[:-1]
+        hidden_states = [x]
+        if scanned:
+            stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(state for _, state in scanned))
+            scanned_keys = None if layer_keys is None else layer_keys[: len(scanned)]
 
-        def body(x, layer_inputs):
-            state, key = layer_inputs
-            x = apply(state, x, key)
-            return x, x if keep else None
+            def body(x, layer_inputs):
+                state, key = layer_inputs
+                x = apply(state, x, key)
+                return x, x if keep else None
 
-        first = x
-        x, outputs = jax.lax.scan(body, x, (stacked, layer_keys))
-        return x, [first, *(outputs[layer] for layer in range(len(splits)))] if keep else []
+            x, outputs = jax.lax.scan(body, x, (stacked, scanned_keys))
+            hidden_states += [outputs[layer] for layer in range(len(scanned))] if keep else []
+        if output_positions is not None:
+            x = apply_last(splits[-1][1], x, key_of(last))
+            hidden_states.append(x)
+        return x, hidden_states if keep else []

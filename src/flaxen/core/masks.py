@@ -18,6 +18,11 @@ def causal(query_length: int, key_length: int | None = None, *, query_offset: ja
     return (jnp.arange(key_length)[None, :] <= query_positions)[None, None]
 
 
+def causal_at(query_positions: jax.Array, key_length: int) -> jax.Array:
+    """(B, 1, P, S) from (B, P) absolute query positions: each query may see keys at positions up to its own."""
+    return (jnp.arange(key_length)[None, None, :] <= query_positions[:, :, None])[:, None]
+
+
 def padding(valid: jax.Array | None = None, *, lengths: jax.Array | None = None, key_length: int | None = None) -> jax.Array:
     """(B, 1, 1, S) from a (B, S) validity mask, or from per-row `lengths` and `key_length`."""
     if (valid is None) == (lengths is None):
@@ -29,14 +34,19 @@ def padding(valid: jax.Array | None = None, *, lengths: jax.Array | None = None,
     return jnp.asarray(valid, dtype=bool)[:, None, None, :]
 
 
-def random(key: jax.Array, shape: tuple[int, int, int, int], drop_rate: float) -> jax.Array:
-    """(B, N, T, S): drop each key with probability `drop_rate`, but every query row keeps its own position."""
+def random(key: jax.Array, shape: tuple[int, int, int, int], drop_rate: float, *, query_positions: jax.Array | None = None) -> jax.Array:
+    """(B, N, T, S): drop each key with probability `drop_rate`, but every query row keeps its own position.
+
+    The queries are the last T of the S key positions, or at the (B, T) absolute `query_positions`.
+    """
     if not 0.0 <= drop_rate < 1.0:
         raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
     *_, query_length, key_length = shape
     keep = jax.random.bernoulli(key, 1.0 - drop_rate, shape)
-    own_position = jnp.arange(key_length)[None, :] == (jnp.arange(query_length)[:, None] + key_length - query_length)
-    return keep | own_position
+    if query_positions is None:
+        query_positions = (jnp.arange(query_length) + key_length - query_length)[None]
+    own_position = jnp.arange(key_length)[None, None, :] == query_positions[:, :, None]
+    return keep | own_position[:, None]
 
 
 def combine(*masks: jax.Array | None) -> jax.Array | None:

@@ -72,8 +72,12 @@ class Bert(PretrainedMixin, nnx.Module):
         *,
         rngs: nnx.Rngs | None = None,
         return_hidden_states: bool = False,
+        output_positions: slice | jax.Array | None = None,
     ):
-        """(B, T) ids -> (B, T, D); with return_hidden_states also the embeddings and every block's output."""
+        """(B, T) ids -> (B, T, D); with return_hidden_states also the embeddings and every block's output.
+
+        `output_positions` (a slice, or (B, P) indices): the last layer computes only those rows, (B, P, D).
+        """
         check_token_ids(token_ids, vocab_size=self.config.vocab_size, context_length=self.config.max_positions)
         check_same_shape("padding_mask", padding_mask, "token_ids", token_ids)
         check_same_shape("token_type_ids", token_type_ids, "token_ids", token_ids)
@@ -83,7 +87,7 @@ class Bert(PretrainedMixin, nnx.Module):
         x = self.position_embedding(self.token_embedding(token_ids) + self.token_type_embedding(token_type_ids))
         x = self.dropout(self.embedding_norm(x), rngs=rngs)
         mask = None if padding_mask is None else masks.padding(padding_mask)
-        return self.stack(x, mask=mask, rngs=rngs, return_hidden_states=return_hidden_states)
+        return self.stack(x, mask=mask, rngs=rngs, return_hidden_states=return_hidden_states, output_positions=output_positions)
 
     def pool(self, sequence: jax.Array) -> jax.Array:
         """tanh(W · h[CLS] + b): (B, T, D) -> (B, D)."""
@@ -142,8 +146,8 @@ class BertForMaskedLM(PretrainedMixin, nnx.Module):
             token_ids, special_mask, masking_key, mask_token_id=config.mask_token_id, vocab_size=config.vocab_size,
             special_token_ids=config.special_token_ids, mask_rate=config.mask_rate,
         )
-        hidden = self.bert(masked.token_ids, padding_mask, batch.get("token_type_ids"), rngs=rngs)
-        slots = jnp.take_along_axis(hidden, masked.positions[..., None], axis=1)  # (B, P, D)
+        # The last layer, like the head, runs only at the prediction slots: (B, P, D).
+        slots = self.bert(masked.token_ids, padding_mask, batch.get("token_type_ids"), rngs=rngs, output_positions=masked.positions)
         logits = self.lm_head(slots, self.bert.token_embedding, rngs=rngs)
         return scored(logits, masked.labels, position_weights(batch, padding_mask=masked.weights))
 
@@ -163,7 +167,8 @@ class BertForSequenceClassification(PretrainedMixin, nnx.Module):
     def __call__(self, token_ids, padding_mask=None, token_type_ids=None, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         """(B, T) ids -> (B, num_labels) logits."""
         rngs = as_rngs(rngs)
-        pooled = self.bert.pool(self.bert(token_ids, padding_mask, token_type_ids, rngs=rngs))
+        # The last layer runs only at [CLS], the one position the pooler reads.
+        pooled = self.bert.pool(self.bert(token_ids, padding_mask, token_type_ids, rngs=rngs, output_positions=slice(0, 1)))
         return self.classifier(self.dropout(pooled, rngs=rngs))
 
     def loss(self, batch: dict[str, jax.Array], *, rngs: nnx.Rngs | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:

@@ -68,11 +68,13 @@ class GPT(PretrainedMixin, nnx.Module):
         return_hidden_states: bool = False,
         positions: jax.Array | None = None,
         cache: KVCache | None = None,
+        output_positions: slice | jax.Array | None = None,
     ):
         """(B, T) ids -> (B, T, D); with return_hidden_states also every block's input and the final output.
 
         Decoding: `positions` (B, T) name each token's position (left-padded prompts); with `cache` the tokens
         are written into it at `cache.index` and `(hidden, updated cache)` is returned.
+        `output_positions` (a slice, or (B, P) indices): the last layer computes only those rows, (B, P, D).
         """
         check_token_ids(token_ids, vocab_size=self.config.vocab_size, context_length=self.config.context_length)
         check_same_shape("padding_mask", padding_mask, "token_ids", token_ids)
@@ -83,7 +85,9 @@ class GPT(PretrainedMixin, nnx.Module):
             x, cache = self.stack(x, mask=masks.padding(cache.valid), rngs=rngs, cache=cache)
             return self.final_norm(x), cache
         mask = None if padding_mask is None else masks.padding(padding_mask)
-        x, hidden_states = self.stack(x, mask=mask, is_causal=True, rngs=rngs, return_hidden_states=True)
+        x, hidden_states = self.stack(
+            x, mask=mask, is_causal=True, rngs=rngs, return_hidden_states=True, output_positions=output_positions,
+        )
         x = self.final_norm(x)
         return (x, hidden_states[:-1] + [x]) if return_hidden_states else x
 
@@ -132,13 +136,12 @@ class GPTForSequenceClassification(PretrainedMixin, nnx.Module):
 
     def __call__(self, token_ids: jax.Array, padding_mask: jax.Array | None = None, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         """(B, T) ids -> (B, num_labels) logits."""
-        hidden = self.gpt(token_ids, padding_mask, rngs=rngs)
         if padding_mask is None:
-            last = jnp.full((token_ids.shape[0],), token_ids.shape[1] - 1)
+            last = slice(-1, None)
         else:
-            last = jnp.maximum(jnp.sum(padding_mask, axis=1) - 1, 0)
-        pooled = jnp.take_along_axis(hidden, last[:, None, None].astype(jnp.int32), axis=1)[:, 0]
-        return self.score(pooled)
+            last = jnp.maximum(jnp.sum(padding_mask, axis=1) - 1, 0)[:, None].astype(jnp.int32)
+        # The last layer runs only at the position scored (its output elsewhere would be discarded).
+        return self.score(self.gpt(token_ids, padding_mask, rngs=rngs, output_positions=last)[:, 0])
 
     def loss(self, batch: dict[str, jax.Array], *, rngs: nnx.Rngs | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Cross-entropy on `labels`; rows with `weights` 0 (evaluation padding) are not counted."""

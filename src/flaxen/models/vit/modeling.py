@@ -95,8 +95,12 @@ class ViT(PretrainedMixin, nnx.Module):
         rngs: nnx.Rngs | None = None,
         interpolate_position_embeddings: bool = False,
         return_hidden_states: bool = False,
+        output_positions: slice | jax.Array | None = None,
     ):
-        """With interpolate_position_embeddings, images of another size (a multiple of the patch) are accepted."""
+        """With interpolate_position_embeddings, images of another size (a multiple of the patch) are accepted.
+
+        `output_positions` (a slice, or (B, P) indices): the last layer computes only those rows, (B, P, D).
+        """
         height, width = self._check_images(images, interpolate_position_embeddings)
         rngs = as_rngs(rngs)
         patches = self.patch_embedding(images.astype(jnp.dtype(self.config.dtype)))
@@ -106,7 +110,7 @@ class ViT(PretrainedMixin, nnx.Module):
         if grid != (self.config.grid_size,) * 2:
             positions = resample_position_embeddings(positions, grid)
         x = jnp.concatenate([cls, patches], axis=1) + positions.astype(patches.dtype)[None]
-        x, hidden_states = self.stack(self.dropout(x, rngs=rngs), rngs=rngs, return_hidden_states=True)
+        x, hidden_states = self.stack(self.dropout(x, rngs=rngs), rngs=rngs, return_hidden_states=True, output_positions=output_positions)
         x = self.final_norm(x)
         return (x, hidden_states[:-1] + [x]) if return_hidden_states else x
 
@@ -154,7 +158,10 @@ class ViTForImageClassification(PretrainedMixin, nnx.Module):
 
     def __call__(self, images: jax.Array, *, rngs: nnx.Rngs | None = None, interpolate_position_embeddings: bool = False) -> jax.Array:
         """(B, H, W, C) float images -> (B, num_labels) logits."""
-        features = self.vit(images, rngs=rngs, interpolate_position_embeddings=interpolate_position_embeddings)[:, 0]
+        # The last layer runs only at [CLS], the one position the classifier reads.
+        features = self.vit(
+            images, rngs=rngs, interpolate_position_embeddings=interpolate_position_embeddings, output_positions=slice(0, 1),
+        )[:, 0]
         if self.pre_logits is not None:
             features = jnp.tanh(self.pre_logits(features))
         return self.head(features)
