@@ -279,13 +279,24 @@ COMPILE_CLOCK: CompileClock | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------- FLOPs
-def transformer_train_flops(*, layers: int, width: int, mlp: int, seq_len: int, sequences: int) -> dict[str, float]:
+def transformer_train_flops(*, layers: int, width: int, mlp: int, seq_len: int, sequences: int,
+                            last_layer_outputs: float | None = None, queries_everywhere: bool = False) -> dict[str, float]:
     """Forward + backward FLOPs of the blocks: 6·N·tokens for the N = L·(4D² + 2DF) block weights, plus attention
     12·L·T²·D per sequence (QKᵀ and AV, 2·T²·D each forward, ×3 with the backward; the full T×T square, as every
-    implementation here computes it even when causal)."""
-    tokens = seq_len * sequences
-    block_params = layers * (4 * width * width + 2 * width * mlp)
-    return {"blocks": 6 * block_params * tokens, "attention": 12 * layers * seq_len**2 * width * sequences}
+    implementation here computes it even when causal).
+
+    With `last_layer_outputs` = P, the last block's queries, output projection and MLP run at P positions per
+    sequence (keys and values still at all T; attention P×T); `queries_everywhere`: its fused QKV projection still
+    computes the queries at all T positions (what flaxen's `output_positions` executes)."""
+    d, f, t = width, mlp, seq_len
+    full_layer = 6 * (4 * d * d + 2 * d * f) * t
+    blocks, attention = layers * full_layer, 12 * layers * t * t * d
+    if last_layer_outputs is not None:
+        p = last_layer_outputs
+        query_rows = t if queries_everywhere else p
+        blocks += 6 * (2 * d * d * t + d * d * query_rows + (d * d + 2 * d * f) * p) - full_layer
+        attention += 12 * (p * t - t * t) * d
+    return {"blocks": blocks * sequences, "attention": attention * sequences}
 
 
 def gflop(flops: dict[str, float]) -> float:
@@ -570,19 +581,21 @@ def bench_bert(args, matmul_ref):
     tokens = LM_BATCH * CONTEXT
     slots = num_prediction_slots(CONTEXT, config.mask_rate)  # flaxen's static prediction slots per row
     predicted = config.mask_rate * (CONTEXT - 2)  # expected masked positions per row
-    parts = transformer_train_flops(layers=LAYERS, width=WIDTH, mlp=MLP, seq_len=CONTEXT, sequences=LM_BATCH)
+    shape = dict(layers=LAYERS, width=WIDTH, mlp=MLP, seq_len=CONTEXT, sequences=LM_BATCH)
     head_per_position = 6 * (WIDTH * WIDTH + VOCAB * WIDTH)  # transform dense + tied decoder, fwd + bwd
-    model_parts = parts | {"mlm_head": head_per_position * predicted * LM_BATCH}
+    # Needed: the last layer's outputs and the head only at the masked positions.
+    model_parts = transformer_train_flops(**shape, last_layer_outputs=predicted) | {"mlm_head": head_per_position * predicted * LM_BATCH}
     executed = {
-        "flaxen": gflop(parts | {"mlm_head": head_per_position * slots * LM_BATCH}),
-        "hf": gflop(parts | {"mlm_head": head_per_position * CONTEXT * LM_BATCH}),
+        "flaxen": gflop(transformer_train_flops(**shape, last_layer_outputs=slots, queries_everywhere=True)
+                        | {"mlm_head": head_per_position * slots * LM_BATCH}),
+        "hf": gflop(transformer_train_flops(**shape) | {"mlm_head": head_per_position * CONTEXT * LM_BATCH}),
     }
     flops = {"parts": model_parts, "model_gflop": gflop(model_parts), "executed_gflop": executed}
     run_training(args, "bert-mlm", unit="tokens/s", items_per_step=tokens, flaxen_step=flaxen_step, peer_builder=peer,
                  flops=flops, matmul_ref=matmul_ref,
-                 notes=(f"flaxen masks on device inside the step and runs the MLM head at {slots} slots/row; HF peer gets "
-                        "labels (-100 elsewhere) made outside the timed step and runs the head at all 128 positions; "
-                        "model FLOPs count the head at the 15% masked positions"))
+                 notes=(f"flaxen masks on device inside the step and runs the last layer's outputs and the MLM head at "
+                        f"{slots} slots/row; HF peer gets labels (-100 elsewhere) made outside the timed step and runs both "
+                        "at all 128 positions; model FLOPs count them at the 15% masked positions"))
 
 
 def bench_vit(args, matmul_ref):
@@ -610,12 +623,17 @@ def bench_vit(args, matmul_ref):
 
     patches = (VIT_IMAGE // VIT_PATCH) ** 2
     seq = patches + 1
-    parts = transformer_train_flops(layers=LAYERS, width=WIDTH, mlp=MLP, seq_len=seq, sequences=VIT_BATCH)
-    parts["patch_embedding"] = 4 * VIT_PATCH * VIT_PATCH * 3 * WIDTH * patches * VIT_BATCH  # no gradient into the images
-    parts["classifier"] = 6 * WIDTH * VIT_CLASSES * VIT_BATCH
-    flops = {"parts": parts, "model_gflop": gflop(parts), "executed_gflop": {"flaxen": gflop(parts), "hf": gflop(parts)}}
+    shape = dict(layers=LAYERS, width=WIDTH, mlp=MLP, seq_len=seq, sequences=VIT_BATCH)
+    others = {"patch_embedding": 4 * VIT_PATCH * VIT_PATCH * 3 * WIDTH * patches * VIT_BATCH,  # no gradient into the images
+              "classifier": 6 * WIDTH * VIT_CLASSES * VIT_BATCH}
+    parts = transformer_train_flops(**shape, last_layer_outputs=1) | others  # needed: the last layer at [CLS] only
+    executed = {"flaxen": gflop(transformer_train_flops(**shape, last_layer_outputs=1, queries_everywhere=True) | others),
+                "hf": gflop(transformer_train_flops(**shape) | others)}
+    flops = {"parts": parts, "model_gflop": gflop(parts), "executed_gflop": executed}
     run_training(args, "vit", unit="images/s", items_per_step=VIT_BATCH, flaxen_step=flaxen_step, peer_builder=peer,
-                 flops=flops, matmul_ref=matmul_ref, notes="65 tokens per image (64 patches + [CLS]); HF patchifies with Conv2d")
+                 flops=flops, matmul_ref=matmul_ref,
+                 notes=("65 tokens per image (64 patches + [CLS]); HF patchifies with Conv2d; flaxen's last layer computes "
+                        "only the [CLS] output the classifier reads, HF's all 65; model FLOPs count the [CLS]-only last layer"))
 
 
 # ----------------------------------------------------------------------------------------------------------- decoding
