@@ -46,8 +46,14 @@ def test_chosen_rows_equal_the_full_output(name, execution):
     np.testing.assert_allclose(run(output_positions=rows), jnp.take_along_axis(full, rows[..., None], axis=1), atol=2e-6)
 
 
-def test_hidden_states_end_with_the_chosen_rows():
-    run = backbones({})["vit (pre-LN)"]
+def test_negative_indices_count_from_the_end():
+    run = backbones({})["gpt (causal, padded)"]
+    np.testing.assert_allclose(run(output_positions=jnp.asarray([[-1, -12]])), run()[:, [11, 0]], atol=2e-6)
+
+
+@pytest.mark.parametrize("execution", EXECUTION, ids=lambda e: "+".join(e) or "layer loop")
+def test_hidden_states_end_with_the_chosen_rows(execution):
+    run = backbones(execution)["vit (pre-LN)"]
     _, full_states = run(return_hidden_states=True)
     _, states = run(return_hidden_states=True, output_positions=slice(0, 1))
     assert len(states) == len(full_states)
@@ -56,12 +62,43 @@ def test_hidden_states_end_with_the_chosen_rows():
     np.testing.assert_allclose(states[-1], full_states[-1][:, :1], atol=2e-6)
 
 
-def test_a_per_query_mask_keeps_the_chosen_queries_rows():
-    """A (B, N, T, S) mask is indexed by query: the chosen queries must keep their own rows of it."""
+@pytest.mark.parametrize("execution", EXECUTION, ids=lambda e: "+".join(e) or "layer loop")
+def test_a_one_layer_stack(execution):
+    gpt = GPT(GPTConfig.tiny(num_layers=1, dropout=0.0, **execution), rngs=nnx.Rngs(0))
+    ids, valid = token_batch(gpt.config.vocab_size)
+    np.testing.assert_allclose(gpt(ids, valid, output_positions=slice(2, 5)), gpt(ids, valid)[:, 2:5], atol=2e-6)
+
+
+def test_dropkey_in_training_keeps_each_chosen_query_own_key(monkeypatch):
+    """With every random key dropped, a query sees only its own position: the chosen rows must match the full run."""
+    monkeypatch.setattr(jax.random, "bernoulli", lambda key, p, shape: jnp.zeros(shape, bool))
+    config = BertConfig.tiny(num_layers=2, dropout=0.0, attention_dropout=0.5)
+    stack = Bert(config, rngs=nnx.Rngs(0)).stack
+    stack.train()
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 6, config.hidden_size)), jnp.float32)
+    rows = jnp.asarray([[4, 1], [0, 5]], jnp.int32)
+    full = stack(x, rngs=nnx.Rngs(dropout=0))
+    np.testing.assert_allclose(stack(x, rngs=nnx.Rngs(dropout=0), output_positions=rows),
+                               jnp.take_along_axis(full, rows[..., None], axis=1), atol=2e-6)
+
+
+@pytest.mark.parametrize("execution", EXECUTION, ids=lambda e: "+".join(e) or "layer loop")
+def test_training_with_dropout_gives_finite_loss_and_gradients(execution):
+    config = BertConfig.tiny(num_layers=2, dropout=0.1, attention_dropout=0.1, num_labels=2, **execution)
+    model = BertForSequenceClassification(config, rngs=nnx.Rngs(0))
+    ids, valid = token_batch(config.vocab_size)
+    batch = {"token_ids": ids, "padding_mask": valid, "labels": jnp.asarray([0, 1, 1])}
+    loss, grads = nnx.value_and_grad(lambda m: m.loss(batch, rngs=nnx.Rngs(dropout=1))[0])(model)
+    assert np.isfinite(float(loss)) and all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
+
+
+@pytest.mark.parametrize("mask_shape", [(2, 1, 6, 6), (6, 6)], ids=["(B, 1, T, S)", "(T, S)"])
+def test_a_per_query_mask_keeps_the_chosen_queries_rows(mask_shape):
+    """A mask with a query axis is indexed by query: the chosen queries must keep their own rows of it."""
     config = BertConfig.tiny(num_layers=1, dropout=0.0)
     stack = Bert(config, rngs=nnx.Rngs(0)).stack
     x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 6, config.hidden_size)), jnp.float32)
-    mask = jnp.asarray(np.random.default_rng(2).random((2, 1, 6, 6)) < 0.6) | jnp.eye(6, dtype=bool)
+    mask = jnp.asarray(np.random.default_rng(2).random(mask_shape) < 0.6) | jnp.eye(6, dtype=bool)
     rows = jnp.asarray([[4, 1], [0, 5]], jnp.int32)
     np.testing.assert_allclose(stack(x, mask=mask, output_positions=rows), jnp.take_along_axis(stack(x, mask=mask), rows[..., None], axis=1), atol=2e-6)
 
@@ -137,6 +174,8 @@ def test_dropkey_keeps_each_chosen_query_own_position():
 def test_a_kv_cache_with_output_positions_is_refused():
     gpt = GPT(GPTConfig.tiny(), rngs=nnx.Rngs(0))
     ids, _ = token_batch(gpt.config.vocab_size)
+    with pytest.raises(ValueError, match="output_positions cannot be combined with a KV cache"):
+        gpt(ids, cache=gpt.empty_cache(3, 12), output_positions=slice(0, 1))
     with pytest.raises(ValueError, match="output_positions cannot be combined with a KV cache"):
         gpt.stack(jnp.zeros((3, 12, gpt.config.hidden_size)), cache=gpt.empty_cache(3, 12).with_written(jnp.ones((3, 12), bool)),
                   output_positions=slice(0, 1))

@@ -41,7 +41,7 @@ class MultiHeadAttention(nnx.Module):
         With `kv_cache` = (keys (B, N, H, S), values (B, N, S, H)), this step's keys and values are written at
         `cache_index`, queries attend causally over the cache, and the updated pair is returned as well.
         With `query_positions` (a slice, or (B, P) indices), only those positions query: the output is
-        (B, P, D), the same as those rows of the full output.
+        (B, P, D), the same as those rows of the full output; `mask` still describes all T queries.
         """
         query, key, value = rearrange(self.qkv(x), "b t (three n h) -> three b t n h", three=3, n=self.num_heads)
         source_length = key.shape[1]
@@ -51,7 +51,8 @@ class MultiHeadAttention(nnx.Module):
                 raise ValueError("query_positions cannot be combined with a KV cache")
             own_positions = position_indices(query_positions, x.shape[0], source_length)
             query = take_positions(query, query_positions)
-            if mask is not None and mask.shape[-2] != 1:  # a per-query mask keeps the chosen queries' rows
+            if mask is not None and mask.ndim >= 2 and mask.shape[-2] != 1:  # per-query rows: keep the chosen ones
+                mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
                 mask = jnp.broadcast_to(mask, (x.shape[0], mask.shape[1], source_length, source_length))
                 mask = jnp.take_along_axis(mask, own_positions[:, None, :, None], axis=2)
             if is_causal:
@@ -78,8 +79,12 @@ class MultiHeadAttention(nnx.Module):
 
 
 def position_indices(positions: slice | jax.Array, batch: int, length: int) -> jax.Array:
-    """(B, P) int32 indices of `positions` (a slice, or (B, P) / (P,) indices) along a length-`length` axis."""
-    indices = jnp.arange(length, dtype=jnp.int32)[positions] if isinstance(positions, slice) else jnp.asarray(positions, jnp.int32)
+    """(B, P) int32 indices in [0, length) of `positions`: a slice, or (B, P) / (P,) indices (negative count from the end)."""
+    if isinstance(positions, slice):
+        indices = jnp.arange(length, dtype=jnp.int32)[positions]
+    else:
+        indices = jnp.asarray(positions, jnp.int32)
+        indices = jnp.where(indices < 0, indices + length, indices)
     return jnp.broadcast_to(indices, (batch, indices.shape[-1]))
 
 

@@ -106,7 +106,7 @@ class TransformerStack(nnx.Module):
         With `cache`, the blocks read and extend it (its `valid` already covers this step) and
         `(x, updated cache)` is returned. With `output_positions` (a slice, or (B, P) indices), the last block
         computes only those rows, (B, P, D): what a head that reads [CLS] or a few slots needs, for a fraction
-        of the last layer's work.
+        of the last layer's work (the last hidden state is then (B, P, D), the others (B, T, D)).
         """
         if cache is not None and output_positions is not None:
             raise ValueError("output_positions cannot be combined with a KV cache")
@@ -142,14 +142,16 @@ class TransformerStack(nnx.Module):
         random = rngs is not None and ("dropout" in rngs or "default" in rngs)
         layer_keys = jax.random.split(rngs.dropout(), len(splits)) if random else None
 
-        def block_function(positions):
+        def block_function(positions, *, in_scan: bool):
             def apply(state, x, key):
                 block_rngs = None if key is None else nnx.Rngs(dropout=key)
                 return nnx.merge(graphdef, state)(x, mask=mask, is_causal=is_causal, rngs=block_rngs, output_positions=positions)
 
-            return jax.checkpoint(apply, prevent_cse=not self.scan_layers) if self.remat else apply  # scan keeps CSE out
+            return jax.checkpoint(apply, prevent_cse=not in_scan) if self.remat else apply  # scan already keeps CSE out
 
-        apply, apply_last = block_function(None), block_function(output_positions)
+        # With output_positions under scan_layers, the last block runs on its own after the scan over the others.
+        last_in_scan = self.scan_layers and output_positions is None
+        apply, apply_last = block_function(None, in_scan=self.scan_layers), block_function(output_positions, in_scan=last_in_scan)
         key_of = lambda layer: None if layer_keys is None else layer_keys[layer]
         last = len(splits) - 1
         if not self.scan_layers:
@@ -160,8 +162,7 @@ class TransformerStack(nnx.Module):
             return x, hidden_states
         if any(other != graphdef for other, _ in splits[1:]):
             raise ValueError("scan_layers needs identical blocks; these differ in structure or static settings")
-        # With output_positions the last block runs on its own after the scan over the others.
-        scanned = splits if output_positions is None else splits[:-1]
+        scanned = splits if last_in_scan else splits[:-1]
         hidden_states = [x]
         if scanned:
             stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(state for _, state in scanned))
@@ -174,7 +175,7 @@ class TransformerStack(nnx.Module):
 
             x, outputs = jax.lax.scan(body, x, (stacked, scanned_keys))
             hidden_states += [outputs[layer] for layer in range(len(scanned))] if keep else []
-        if output_positions is not None:
+        if not last_in_scan:
             x = apply_last(splits[-1][1], x, key_of(last))
             hidden_states.append(x)
         return x, hidden_states if keep else []

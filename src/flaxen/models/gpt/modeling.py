@@ -81,6 +81,8 @@ class GPT(PretrainedMixin, nnx.Module):
         rngs = as_rngs(rngs)
         x = self.dropout(self.position_embedding(self.token_embedding(token_ids), positions), rngs=rngs)
         if cache is not None:
+            if output_positions is not None:
+                raise ValueError("output_positions cannot be combined with a KV cache")
             cache = cache.with_written(jnp.ones(token_ids.shape, bool) if padding_mask is None else padding_mask)
             x, cache = self.stack(x, mask=masks.padding(cache.valid), rngs=rngs, cache=cache)
             return self.final_norm(x), cache
