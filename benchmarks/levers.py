@@ -190,6 +190,7 @@ def mode_dtype(args) -> None:
             "fp32": compiled_variant(model, batches, opt, fp32, {})[0],
             "bf16": compiled_variant(model, batches, opt, bf16, {})[0],
             "bf16, ynn off": compiled_variant(model, batches, opt, bf16, off)[0],
+            "bf16, oneDNN": compiled_variant(model, batches, opt, bf16, off | {"xla_cpu_use_onednn": True})[0],
         }
         compare("dtype", model_name, items, variants, args)
 

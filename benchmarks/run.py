@@ -34,7 +34,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer column")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (JAX uses every core: 2 here)")
     parser.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS before JAX starts (levers)")
-    parser.add_argument("--compute-dtype", default=None, help="flaxen Trainer compute_dtype (e.g. bfloat16); peer stays fp32")
+    parser.add_argument("--compute-dtype", default=None, help="flaxen Trainer compute_dtype (e.g. bfloat16, fp32 master weights)")
+    parser.add_argument("--peer-dtype", default=None, choices=("float32", "bfloat16"),
+                        help="the HF peer's compute dtype: bfloat16 runs its forward and loss under torch.autocast (fp32 "
+                             "master weights, the same policy); default: the same as --compute-dtype")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                         help="before each benchmark and each round, wait up to SECONDS for other processes to use < 0.25 cores")
     parser.add_argument("--allocator", choices=("huge-pages", "system"), default="huge-pages",
@@ -51,6 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.steps = args.steps or (3 if args.quick else 20)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     args.compile = not (args.quick or args.no_compile)
+    args.peer_dtype = args.peer_dtype or args.compute_dtype or "float32"
     return args
 
 
@@ -416,8 +420,10 @@ def torch_adamw(model: torch.nn.Module) -> tuple[torch.optim.Optimizer, str]:
 class TorchStep:
     """zero_grad, forward + loss, backward, clip_grad_norm_(1.0), AdamW step: what HF's Trainer does per batch."""
 
-    def __init__(self, model: torch.nn.Module, loss_fn: Callable, batches: list, *, compile: bool):
+    def __init__(self, model: torch.nn.Module, loss_fn: Callable, batches: list, *, compile: bool, dtype: str = "float32"):
         self.model = model.train()
+        # bfloat16: mixed precision as torch users run it (autocast over forward and loss; fp32 weights and AdamW)
+        self.autocast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
         self.optimizer, self.optimizer_mode = torch_adamw(model)
         self.forward = torch.compile(model) if compile else model
         self.loss_fn = loss_fn
@@ -430,7 +436,8 @@ class TorchStep:
         batch = self.batches[self.step_index % len(self.batches)]
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.forward, batch)
+        with self.autocast:
+            loss = self.loss_fn(self.forward, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, CLIP, foreach=True)
         self.optimizer.step()
@@ -447,7 +454,8 @@ def hf_peer(model_class, hf_config, loss_fn: Callable, batches: list) -> Callabl
 
     def peer(compile: bool) -> TorchStep:
         torch.manual_seed(0)
-        return TorchStep(model_class._from_config(hf_config, attn_implementation="sdpa"), loss_fn, batches, compile=compile)
+        model = model_class._from_config(hf_config, attn_implementation="sdpa")
+        return TorchStep(model, loss_fn, batches, compile=compile, dtype=ARGS.peer_dtype if ARGS is not None else "float32")
 
     return peer
 
@@ -475,7 +483,8 @@ def run_training(args, name: str, *, unit: str, items_per_step: int, flaxen_step
     model_gflop = flops["model_gflop"]
     executed = flops["executed_gflop"]
     row = {
-        "bench": f"train {name}", "unit": unit,
+        "bench": f"train {name}" + ("" if (args.compute_dtype or "float32") == args.peer_dtype == "float32"
+                                    else f" [flaxen {args.compute_dtype or 'float32'}, HF {args.peer_dtype}]"), "unit": unit,
         "flaxen": round(rate["flaxen"], 1),
         "hf_eager": round(rate["hf_eager"], 1),
         "hf_compile": round(rate["hf_compile"], 1) if "hf_compile" in rate else None,
@@ -496,7 +505,7 @@ def run_training(args, name: str, *, unit: str, items_per_step: int, flaxen_step
         "model_over_matmul": {impl: round(model_gflop / s["median_s"] / matmul_ref, 3) for impl, s in stats.items()} if matmul_ref else None,
         "optimizer": {"flaxen": "optax adamw (flaxen.train.adamw, clip 1.0)", **{k: f"torch AdamW {p.optimizer_mode}, clip_grad_norm_ foreach" for k, p in peers.items()}},
         "last_loss": {"flaxen": float(flaxen_step.last_loss), **{k: p.last_loss for k, p in peers.items()}},
-        "compute_dtype": args.compute_dtype or "float32",
+        "compute_dtype": args.compute_dtype or "float32", "peer_dtype": args.peer_dtype,
         "timed": "flaxen: device_put(batch) + Trainer._train_step + block_until_ready; peer: zero_grad..optimizer.step",
         "notes": notes, **basis, "loadavg_start": load_start, "loadavg_end": loadavg(),
     }
