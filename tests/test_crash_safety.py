@@ -106,24 +106,34 @@ def kill_moment(
 ) -> tuple[str, Callable[[], bool]]:
     """A seeded choice of when to kill the run writing `out_dir`: a kind and the condition that says "now".
 
-    Every kind also fires when the final checkpoint's write starts, so each run is killed before it completes.
+    Every kind also fires once the last checkpoint before the final one has finished: the run still has steps, an
+    evaluation and the final write ahead of it then, so it is always killed before it completes (polling for the
+    final write alone could miss a fast write and let the run finish). A run resumed from that checkpoint is
+    killed within half a second of its start, while Python and JAX are still starting.
     """
-    final_write = f"{STEPS}{TEMPORARY_MARK}"
+    latest = max(finished_steps(out_dir), default=0)
+    last_but_one = STEPS - CHECKPOINT_EVERY
+    if latest >= last_but_one:
+        deadline = time.monotonic() + rng.uniform(0.0, 0.5)
+        return "any moment", lambda: time.monotonic() >= deadline
+
+    def near_the_end() -> bool:
+        return last_but_one in finished_steps(out_dir)
+
     kind = rng.choice(["any moment", "during a checkpoint write", "between checkpoint writes"])
     if kind == "any moment":
         deadline = time.monotonic() + rng.uniform(0.0, seconds_per_run)
-        return kind, lambda: time.monotonic() >= deadline or final_write in writes.in_progress()
-    latest = max(finished_steps(out_dir), default=0)
-    target_step = rng.randrange(latest + CHECKPOINT_EVERY, STEPS + 1, CHECKPOINT_EVERY)
+        return kind, lambda: time.monotonic() >= deadline or near_the_end()
+    target_step = rng.randrange(latest + CHECKPOINT_EVERY, last_but_one + 1, CHECKPOINT_EVERY)
     if kind == "during a checkpoint write":
-        return kind, lambda: f"{target_step}{TEMPORARY_MARK}" in writes.in_progress()
+        return kind, lambda: f"{target_step}{TEMPORARY_MARK}" in writes.in_progress() or near_the_end()
     delay = rng.uniform(0.0, 0.3)
     reached_at: list[float] = []
 
     def ready() -> bool:
         if not reached_at and target_step in finished_steps(out_dir):
             reached_at.append(time.monotonic())
-        return bool(reached_at) and time.monotonic() >= reached_at[0] + delay or final_write in writes.in_progress()
+        return bool(reached_at) and time.monotonic() >= reached_at[0] + delay or near_the_end()
 
     return kind, ready
 
