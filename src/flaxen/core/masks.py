@@ -14,8 +14,7 @@ def causal(query_length: int, key_length: int | None = None, *, query_offset: ja
     key_length = query_length if key_length is None else key_length
     if query_offset is None:
         query_offset = key_length - query_length
-    query_positions = jnp.arange(query_length)[:, None] + query_offset
-    return (jnp.arange(key_length)[None, :] <= query_positions)[None, None]
+    return causal_at((jnp.arange(query_length) + query_offset)[None], key_length)
 
 
 def causal_at(query_positions: jax.Array, key_length: int) -> jax.Array:
