@@ -449,13 +449,13 @@ class TorchStep:
         return elapsed
 
 
-def hf_peer(model_class, hf_config, loss_fn: Callable, batches: list) -> Callable[[bool], TorchStep]:
+def hf_peer(model_class, hf_config, loss_fn: Callable, batches: list, *, dtype: str) -> Callable[[bool], TorchStep]:
     """`peer(compile)`: a fresh, seeded HF model with sdpa attention wrapped in a TorchStep (eager or compiled)."""
 
     def peer(compile: bool) -> TorchStep:
         torch.manual_seed(0)
         model = model_class._from_config(hf_config, attn_implementation="sdpa")
-        return TorchStep(model, loss_fn, batches, compile=compile, dtype=ARGS.peer_dtype if ARGS is not None else "float32")
+        return TorchStep(model, loss_fn, batches, compile=compile, dtype=dtype)
 
     return peer
 
@@ -530,7 +530,7 @@ def bench_gpt(args, matmul_ref):
         logits = forward(input_ids=ids[:, :-1]).logits
         return F.cross_entropy(logits.reshape(-1, VOCAB).float(), ids[:, 1:].reshape(-1))
 
-    peer = hf_peer(GPT2LMHeadModel, config, loss_fn, batches)
+    peer = hf_peer(GPT2LMHeadModel, config, loss_fn, batches, dtype=args.peer_dtype)
 
     tokens = LM_BATCH * CONTEXT
     parts = transformer_train_flops(layers=LAYERS, width=WIDTH, mlp=MLP, seq_len=CONTEXT, sequences=LM_BATCH)
@@ -585,7 +585,7 @@ def bench_bert(args, matmul_ref):
         inputs, labels = batch
         return forward(input_ids=inputs, labels=labels).loss
 
-    peer = hf_peer(HFBertForMaskedLM, hf_config, loss_fn, batches)
+    peer = hf_peer(HFBertForMaskedLM, hf_config, loss_fn, batches, dtype=args.peer_dtype)
 
     tokens = LM_BATCH * CONTEXT
     slots = num_prediction_slots(CONTEXT, config.mask_rate)  # flaxen's static prediction slots per row
@@ -628,7 +628,7 @@ def bench_vit(args, matmul_ref):
         pixels, targets = batch
         return forward(pixel_values=pixels, labels=targets).loss
 
-    peer = hf_peer(HFViT, hf_config, loss_fn, batches)
+    peer = hf_peer(HFViT, hf_config, loss_fn, batches, dtype=args.peer_dtype)
 
     patches = (VIT_IMAGE // VIT_PATCH) ** 2
     seq = patches + 1
