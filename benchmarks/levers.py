@@ -11,6 +11,8 @@ MODE
   head       BERT MLM head at the 20 chosen slots (flaxen today) vs at all 128 positions
   proto      prototypes of src changes, monkeypatched: see PROTOTYPES below
   layers     config.scan_layers / config.remat against the plain layer loop: compile time, XLA temp memory, speed
+  solo       the Trainer step alone, for settings that are per process (XLA_FLAGS such as a device count,
+             PJRT_NPROC, GLIBC_TUNABLES): run it once per setting, back to back, and compare the medians
 
 Every row is a JSON line on stdout (median step seconds per variant, ratio to the first variant, load average);
 a Markdown table follows. Results and predictions are written up in benchmarks/NOTES.md.
@@ -393,7 +395,21 @@ def mode_layers(args) -> None:
                      "xla_temp_mb": temp_mb})
 
 
-MODES = {"layers": mode_layers, "breakdown": mode_breakdown, "xla": mode_xla, "dtype": mode_dtype, "head": mode_head, "proto": mode_proto}
+def mode_solo(args) -> None:
+    """The Trainer step of each model, timed alone: the step takes a data-parallel mesh over all jax.devices()."""
+    for model_name in args.models:
+        model, batches, items = build(model_name)
+        opt = optimizer()
+        step, compile_s = compiled_variant(model, batches, opt, trainer_step(model, opt), {})
+        for _ in range(args.warmup):
+            step()
+        stats = bench.summary([step() for _ in range(args.steps)])
+        print(json.dumps({"lever": "solo", "model": model_name, "devices": jax.device_count(), **stats,
+                          "items_per_s": round(items / stats["median_s"], 1), "compile_s": round(compile_s, 2),
+                          **{key: os.environ.get(key, "") for key in ("XLA_FLAGS", "PJRT_NPROC", "GLIBC_TUNABLES")}}), flush=True)
+
+
+MODES = {"solo": mode_solo, "layers": mode_layers, "breakdown": mode_breakdown, "xla": mode_xla, "dtype": mode_dtype, "head": mode_head, "proto": mode_proto}
 
 
 def main() -> None:
