@@ -81,10 +81,8 @@ class GPT(PretrainedMixin, nnx.Module):
         rngs = as_rngs(rngs)
         x = self.dropout(self.position_embedding(self.token_embedding(token_ids), positions), rngs=rngs)
         if cache is not None:
-            if output_positions is not None:
-                raise ValueError("output_positions cannot be combined with a KV cache")
             cache = cache.with_written(jnp.ones(token_ids.shape, bool) if padding_mask is None else padding_mask)
-            x, cache = self.stack(x, mask=masks.padding(cache.valid), rngs=rngs, cache=cache)
+            x, cache = self.stack(x, mask=masks.padding(cache.valid), rngs=rngs, cache=cache, output_positions=output_positions)
             return self.final_norm(x), cache
         mask = None if padding_mask is None else masks.padding(padding_mask)
         x, hidden_states = self.stack(
