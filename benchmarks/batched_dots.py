@@ -51,16 +51,13 @@ def measure(cores: int) -> list[dict]:
     rows = []
     for label, batch, m, k, n in SHAPES:
         b = int(np.prod(batch))
-        for form, spec in FORMS.items():
-            if not batch and form != "p·v (NN)":
-                continue
+        for form, spec in (FORMS.items() if batch else [("NN", FORMS["p·v (NN)"])]):
+            spec = spec if batch else spec.replace("b", "")
             lhs_spec, rhs_spec = spec.split("->")[0].split(",")
             sizes = {"b": b, "m": m, "k": k, "n": n}
             rng = np.random.default_rng(0)
-            a = rng.standard_normal([sizes[c] for c in lhs_spec if batch or c != "b"], dtype=np.float32)
-            c = rng.standard_normal([sizes[x] for x in rhs_spec if batch or x != "b"], dtype=np.float32)
-            if not batch:
-                spec = spec.replace("b", "")
+            a = rng.standard_normal([sizes[x] for x in lhs_spec], dtype=np.float32)
+            c = rng.standard_normal([sizes[x] for x in rhs_spec], dtype=np.float32)
             ja, jc = jnp.asarray(a), jnp.asarray(c)
             lowered = jax.jit(lambda x, y, spec=spec: jnp.einsum(spec, x, y)).lower(ja, jc)
             calls = {}
