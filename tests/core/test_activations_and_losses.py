@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from flaxen.core import Activation, cross_entropy
-from flaxen.core.activations import canonical_name
+from flaxen.hf.table import activation_from_hf, activation_to_hf
 from flaxen.core.rng import as_rngs
 
 X = np.linspace(-4, 4, 41).astype(np.float32)
@@ -28,10 +28,14 @@ def test_stateless_activations_match_their_formulas(name, reference):
     np.testing.assert_allclose(out, [reference(float(x)) for x in X], atol=1e-6)
 
 
-def test_hugging_face_names_are_accepted_and_unknown_names_are_refused():
-    assert canonical_name("gelu_new") == "gelu_tanh" and canonical_name("silu") == "swish"
+def test_hugging_face_names_map_both_ways_and_unknown_names_are_refused():
+    assert activation_from_hf("gelu_new") == "gelu_tanh" and activation_from_hf("silu") == "swish"
+    assert activation_from_hf("gelu_pytorch_tanh") == "gelu_tanh" and activation_to_hf("gelu_tanh") == "gelu_new"
+    assert activation_to_hf("prelu") is None
     with pytest.raises(ValueError, match="unknown activation 'gelu2'"):
         Activation("gelu2", 4)
+    with pytest.raises(ValueError, match="unknown activation 'gelu_new'"):  # our configs take flaxen's names only
+        Activation("gelu_new", 4)
 
 
 def test_prelu_has_a_learnable_slope_per_channel():

@@ -115,7 +115,7 @@ def flaxen_outputs(model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray
     else:
         token_types = (inputs["token_type_ids"],) if "token_type_ids" in inputs else ()
         args, kwargs = (inputs["token_ids"], inputs["padding_mask"].astype(bool), *token_types), {}
-    backbone = getattr(model, model.params_table.prefixes[1].rstrip("."), model)
+    backbone = getattr(model, model.params_table.flaxen_backbone_prefix.rstrip("."), model)
     _, hidden_states = backbone(*args, return_hidden_states=True, **kwargs)
     outputs = {f"hidden_states.{i}": h for i, h in enumerate(hidden_states)}
     if backbone is not model:

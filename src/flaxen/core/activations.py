@@ -21,17 +21,14 @@ _STATELESS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "swish": jax.nn.silu,
     "mish": mish,
 }
-# Names Hugging Face configs use for the same functions.
-ALIASES = {"silu": "swish", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh"}
 NAMES = (*_STATELESS, "prelu", "rrelu")
 
 
-def canonical_name(name: str) -> str:
-    """The flaxen name of an activation, accepting Hugging Face aliases; ValueError for unknown names."""
-    canonical = ALIASES.get(name, name)
-    if canonical not in NAMES:
+def check_activation_name(name: str) -> str:
+    """`name` if it is one of flaxen's activations; ValueError listing them otherwise."""
+    if name not in NAMES:
         raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(NAMES)}")
-    return canonical
+    return name
 
 
 class PReLU(nnx.Module):
@@ -65,7 +62,7 @@ class Activation(nnx.Module):
     """An activation chosen by name; the learnable/random ones hold their own state."""
 
     def __init__(self, name: str, num_features: int):
-        self.name = canonical_name(name)
+        self.name = check_activation_name(name)
         if self.name == "prelu":
             self.learned = nnx.data(PReLU(num_features))
         elif self.name == "rrelu":

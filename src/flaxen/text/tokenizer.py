@@ -16,6 +16,11 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 
 from flaxen.text.files import PathLike, iter_training_texts
 
+TOKENIZER_FILE = "tokenizer.json"
+VOCAB_FILE = "vocab.txt"  # a Hugging Face BERT folder's WordPiece vocabulary, one token per line
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+# What a Hugging Face folder may keep of its tokenizer; copied along when a model folder is converted.
+HF_TOKENIZER_FILES = (TOKENIZER_FILE, VOCAB_FILE, TOKENIZER_CONFIG_FILE, "special_tokens_map.json")
 EOS_TOKEN = "<|endoftext|>"
 BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 SPECIAL_TOKEN_NAMES = {
@@ -92,8 +97,8 @@ def train_wordpiece(
 def load_tokenizer(path: PathLike) -> Tokenizer:
     """Load a `tokenizer.json` file, a folder holding one, or a Hugging Face BERT folder with only `vocab.txt`."""
     path = Path(path)
-    if path.is_dir() and (path / "tokenizer.json").is_file():
-        path = path / "tokenizer.json"
+    if path.is_dir() and (path / TOKENIZER_FILE).is_file():
+        path = path / TOKENIZER_FILE
     if path.is_file():
         try:
             return Tokenizer.from_file(str(path))
@@ -101,7 +106,7 @@ def load_tokenizer(path: PathLike) -> Tokenizer:
             raise ValueError(f"{path} is not a tokenizer.json the tokenizers library can read: {err}") from None
     if not path.is_dir():
         raise ValueError(f"no tokenizer at {path}: expected a tokenizer.json file or a folder containing one")
-    if (path / "vocab.txt").is_file():
+    if (path / VOCAB_FILE).is_file():
         return _bert_tokenizer_from_vocab(path)
     raise ValueError(
         f"{path} holds neither tokenizer.json nor vocab.txt; "
@@ -111,7 +116,7 @@ def load_tokenizer(path: PathLike) -> Tokenizer:
 
 def save_tokenizer(tokenizer: Tokenizer, folder: PathLike) -> Path:
     """Write `folder/tokenizer.json` (creating the folder) and return its path."""
-    path = Path(folder) / "tokenizer.json"
+    path = Path(folder) / TOKENIZER_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(path))
     return path
@@ -178,11 +183,11 @@ def _set_bert_post_processor(tokenizer: Tokenizer) -> None:
 
 
 def _bert_tokenizer_from_vocab(folder: Path) -> Tokenizer:
-    vocab = models.WordPiece.read_file(str(folder / "vocab.txt"))
+    vocab = models.WordPiece.read_file(str(folder / VOCAB_FILE))
     missing = [token for token in ("[UNK]", "[CLS]", "[SEP]") if token not in vocab]
     if missing:
-        raise ValueError(f"{folder / 'vocab.txt'} lacks the BERT special token(s) {', '.join(missing)}")
-    config_path = folder / "tokenizer_config.json"
+        raise ValueError(f"{folder / VOCAB_FILE} lacks the BERT special token(s) {', '.join(missing)}")
+    config_path = folder / TOKENIZER_CONFIG_FILE
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     _set_bert_pipeline(tokenizer, lowercase=bool(config.get("do_lower_case", True)))

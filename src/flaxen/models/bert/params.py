@@ -4,7 +4,7 @@ Hugging Face keeps query, key and value as three torch Linears (out, in); they a
 fused `qkv` kernel (in, 3 · out) and bias.
 """
 
-from flaxen.core.pretrained import ENCODER_CONFIG_KEYS, IDENTITY, TRANSPOSE, ParamsTable, separate_qkv
+from flaxen.hf import ENCODER_CONFIG_KEYS, IDENTITY, TRANSPOSE, ParamsTable, separate_qkv
 
 BERT = ParamsTable(
     model_type="bert",
@@ -13,7 +13,8 @@ BERT = ParamsTable(
         "BertForMaskedLM": "BertForMaskedLM",
         "BertForSequenceClassification": "BertForSequenceClassification",
     },
-    prefixes=("bert.", "bert."),
+    hf_backbone_prefix="bert.",
+    flaxen_backbone_prefix="bert.",
     config_keys={
         "vocab_size": "vocab_size",
         "max_position_embeddings": "max_positions",

@@ -4,7 +4,7 @@ GPT-2's Conv1D weights are stored (in, out), as nnx.Linear keeps them, and c_att
 so every tensor but the classifier's maps unchanged.
 """
 
-from flaxen.core.pretrained import IDENTITY, TRANSPOSE, ParamsTable
+from flaxen.hf import IDENTITY, TRANSPOSE, ParamsTable
 
 GPT2 = ParamsTable(
     model_type="gpt2",
@@ -13,7 +13,8 @@ GPT2 = ParamsTable(
         "GPTForCausalLM": "GPT2LMHeadModel",
         "GPTForSequenceClassification": "GPT2ForSequenceClassification",
     },
-    prefixes=("transformer.", "gpt."),
+    hf_backbone_prefix="transformer.",
+    flaxen_backbone_prefix="gpt.",
     config_keys={
         "vocab_size": "vocab_size",
         "n_positions": "context_length",

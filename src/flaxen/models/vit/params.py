@@ -5,7 +5,7 @@ Query, key and value are three torch Linears (out, in) fused into our `qkv`; the
 patches in; Hugging Face's position embeddings carry a leading batch axis of 1.
 """
 
-from flaxen.core.pretrained import ENCODER_CONFIG_KEYS, IDENTITY, TRANSPOSE, ParamsTable, Transform, separate_qkv
+from flaxen.hf import ENCODER_CONFIG_KEYS, IDENTITY, TRANSPOSE, ParamsTable, Transform, separate_qkv
 
 PATCH_KERNEL = Transform(
     to_flaxen=lambda w, _: w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0]),
@@ -16,7 +16,8 @@ UNBATCHED = Transform(lambda x, _: x[0], lambda x, _: x[None])
 VIT = ParamsTable(
     model_type="vit",
     architectures={"ViT": "ViTModel", "ViTForImageClassification": "ViTForImageClassification"},
-    prefixes=("vit.", "vit."),
+    hf_backbone_prefix="vit.",
+    flaxen_backbone_prefix="vit.",
     config_keys={
         "image_size": "image_size",
         "patch_size": "patch_size",

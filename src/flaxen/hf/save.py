@@ -1,0 +1,78 @@
+"""Writing a model folder: config.json + model.safetensors, in Hugging Face layout or with flaxen's names."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flax import nnx
+from safetensors.numpy import save, save_file
+
+from flaxen.hf.load import CONFIG_FILE, WEIGHTS_FILE
+from flaxen.hf.table import activation_to_hf, backbone_prefix, dotted
+
+FORMATS = ("hf", "flaxen")
+
+
+def save_pretrained(model: nnx.Module, folder: Path, format: str) -> Path:
+    """Write config.json + model.safetensors for `model` into `folder` (created if needed)."""
+    if format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; use 'hf' (Hugging Face layout) or 'flaxen'")
+    params = flaxen_params(model)
+    if format == "flaxen":
+        tensors, config_text = params, model.config.to_json()
+    else:
+        tensors, hf_config = _to_hf(model, params)
+        config_text = json.dumps(hf_config, indent=2)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG_FILE).write_text(config_text + "\n")
+    save_file(_contiguous(tensors), folder / WEIGHTS_FILE, metadata={"format": "pt" if format == "hf" else "flaxen"})
+    return folder
+
+
+def flaxen_weights_bytes(model: nnx.Module) -> bytes:
+    """The model's parameters under flaxen's names, as the bytes of a safetensors file."""
+    return save(_contiguous(flaxen_params(model)), metadata={"format": "flaxen"})
+
+
+def flaxen_params(model: nnx.Module) -> dict[str, np.ndarray]:
+    """Every parameter as a numpy array, keyed by its dotted nnx path."""
+    return {dotted(path): np.asarray(variable[...]) for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def _contiguous(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {name: np.ascontiguousarray(array) for name, array in tensors.items()}
+
+
+def _to_hf(model, params: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Our parameters and config in Hugging Face layout; whatever has no Hugging Face place, in one error."""
+    table, config, model_name = model.params_table, model.config, type(model).__name__
+    is_backbone = backbone_prefix(params, table.flaxen_backbone_prefix) != ""
+    unsupported = [] if model_name in table.architectures else [f"{model_name} has no Hugging Face class in the table"]
+    hf_config = {"architectures": [table.architectures.get(model_name)], "model_type": table.model_type}
+    for key, field in table.config_keys.items():
+        value = getattr(config, field)
+        if field == "activation":
+            if activation_to_hf(value) is None:
+                unsupported.append(f"activation {value!r} has no Hugging Face equivalent")
+            value = activation_to_hf(value)
+        hf_config[key] = value
+    if hasattr(config, "num_labels"):
+        hf_config["id2label"] = {str(i): f"LABEL_{i}" for i in range(config.num_labels)}
+        hf_config["label2id"] = {f"LABEL_{i}": i for i in range(config.num_labels)}
+    tensors = {}
+    for name, array in params.items():
+        targets = table.to_hf(table.flaxen_backbone_prefix + name if is_backbone else name)
+        if not targets:
+            unsupported.append(f"parameter {name} has no Hugging Face place")
+        for hf_name, transform in targets:
+            part = np.split(array, transform.count, axis=-1)[transform.index]
+            tensors[hf_name.removeprefix(table.hf_backbone_prefix) if is_backbone else hf_name] = transform.to_hf(
+                part, config
+            )
+    if unsupported:
+        items = "\n".join(f"  - {item}" for item in unsupported)
+        raise ValueError(f"cannot save {model_name} in Hugging Face layout:\n{items}")
+    return tensors, hf_config
