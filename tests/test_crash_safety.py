@@ -26,7 +26,8 @@ from flax import nnx
 from flaxen.cli import main
 from flaxen.models.gpt import GPTConfig, GPTForCausalLM
 from flaxen.train import adamw
-from flaxen.train.checkpoints import CHECKPOINT_DIR, checkpoint_manager, restore_checkpoint
+from flaxen.checkpoints import checkpoint_manager, restore_checkpoint
+from flaxen.runs import CHECKPOINT_DIR
 from flaxen.train.metrics import read_metrics
 
 FLAXEN = Path(sys.executable).with_name("flaxen")

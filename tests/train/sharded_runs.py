@@ -20,7 +20,7 @@ from flaxen.data import ArrayDataset, DataSplits
 from flaxen.models.gpt import GPTConfig, GPTForCausalLM
 from flaxen.recipes import training_options
 from flaxen.train import ShardingRules, Trainer, adamw, make_mesh, parameter_sharding
-from flaxen.train.checkpoints import CHECKPOINT_DIR
+from flaxen.runs import CHECKPOINT_DIR
 from flaxen.train.metrics import read_metrics
 
 jax.config.update("jax_default_matmul_precision", "highest")  # as tests/conftest.py sets it for the 1-device side

@@ -15,7 +15,7 @@ from flax import nnx
 
 from flaxen.core.config import ConfigMixin
 from flaxen.train import Trainer, TrainingDiverged, adamw, load_checkpoint
-from flaxen.train.checkpoints import checkpoint_manager, restore_checkpoint, save_checkpoint
+from flaxen.checkpoints import checkpoint_manager, restore_checkpoint, save_checkpoint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,7 +263,7 @@ def test_gradient_accumulation_trains(tmp_path):
 
 def test_resume_allows_new_config_fields_and_changed_execution_switches(tmp_path):
     from flaxen import GPTConfig, GPTForCausalLM
-    from flaxen.train.checkpoints import check_resumable
+    from flaxen.runs import check_resumable
 
     model = GPTForCausalLM(GPTConfig.tiny(), rngs=nnx.Rngs(0))
     saved = json.loads(model.config.to_json())

@@ -1,6 +1,6 @@
-"""Training: AdamW with warmup + cosine, the Trainer loop, run-folder checkpoints, and device meshes (data + FSDP)."""
+"""Training: AdamW with warmup + cosine, the Trainer loop, and device meshes (data + FSDP)."""
 
-from flaxen.train.checkpoints import load_checkpoint
+from flaxen.runs import load_checkpoint
 from flaxen.train.optim import adamw, learning_rate_schedule
 from flaxen.train.sharding import ShardingRules, make_mesh, parameter_sharding
 from flaxen.train.trainer import Trainer, TrainingDiverged

@@ -8,7 +8,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from flaxen.train.checkpoints import write_atomically
+from flaxen.runs import write_atomically
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

@@ -22,16 +22,9 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from tqdm.auto import tqdm
 
-from flaxen.core.pretrained import WEIGHTS_FILE, save_weights
+from flaxen.checkpoints import checkpoint_manager, restore_checkpoint, save_checkpoint
 from flaxen.core.rng import as_rngs
-from flaxen.train.checkpoints import (
-    CHECKPOINT_DIR,
-    check_resumable,
-    checkpoint_manager,
-    restore_checkpoint,
-    save_checkpoint,
-    write_run_files,
-)
+from flaxen.runs import CHECKPOINT_DIR, METRICS_FILE, PLOT_FILE, check_resumable, write_run_files, write_weights
 from flaxen.train.metrics import drop_records_after, plot_metrics
 from flaxen.train.optim import current_learning_rate
 from flaxen.train.sharding import (
@@ -44,8 +37,6 @@ from flaxen.train.sharding import (
 )
 
 Batch = dict[str, Any]
-METRICS_FILE = "metrics.jsonl"
-PLOT_FILE = "loss_curve.png"
 
 
 class Dataset(Protocol):
@@ -77,7 +68,7 @@ class _RunPosition(NamedTuple):
 class _TrainState:
     params: nnx.State
     opt_state: optax.OptState
-    other: nnx.State  # non-parameter variables (e.g. batch statistics), carried through the step
+    non_params: nnx.State  # non-parameter variables (e.g. batch statistics), carried through the step
 
 
 class Trainer:
@@ -127,11 +118,11 @@ class Trainer:
         self.run_info = run_info
         self.mesh = mesh or make_mesh()
         check_batch_size(batch_size, self.mesh)
-        params, other = nnx.state(model, nnx.Param, ...)
+        params, non_params = nnx.state(model, nnx.Param, ...)
         self._state_sharding = _TrainState(  # a _TrainState of NamedShardings
             parameter_sharding(params, self.mesh, sharding_rules),
             parameter_sharding(jax.eval_shape(optimizer.init, params), self.mesh, sharding_rules),
-            jax.tree.map(lambda _: replicated(self.mesh), other),
+            jax.tree.map(lambda _: replicated(self.mesh), non_params),
         )
         self._batch_sharding = batch_sharding(self.mesh)
         model.train()
@@ -145,13 +136,13 @@ class Trainer:
 
     def evaluate(self, dataset: Dataset) -> dict[str, float]:
         """Metrics of the model's current weights over one pass of `dataset` (weighted means, no dropout)."""
-        params, other = self._placed_model_state()
-        return self._evaluate(params, other, dataset, _run_keys(self.seed)[1])
+        params, non_params = self._placed_model_state()
+        return self._evaluate(params, non_params, dataset, _run_keys(self.seed)[1])
 
     def _placed_model_state(self) -> tuple[nnx.State, nnx.State]:
-        """The model's parameters and other variables, moved to their shardings on the mesh."""
+        """The model's parameters and its other variables, moved to their shardings on the mesh."""
         state = nnx.state(self.model, nnx.Param, ...)
-        return jax.device_put(state, (self._state_sharding.params, self._state_sharding.other))
+        return jax.device_put(state, (self._state_sharding.params, self._state_sharding.non_params))
 
     def fit(self, data: Splits, steps: int, resume: bool = False, overwrite: bool = False) -> dict[str, float]:
         """Train until `steps` batches have been seen; `resume` continues the latest checkpoint's run (its seed too).
@@ -173,8 +164,7 @@ class Trainer:
             finally:
                 _write_back(self.model, state)
                 plot_metrics(metrics_path, self.out_dir / PLOT_FILE)
-        # With config.json beside it, this makes the run folder loadable by `from_pretrained`.
-        save_weights(self.model, self.out_dir / WEIGHTS_FILE)
+        write_weights(self.model, self.out_dir)
         return final
 
     def _starting_state(
@@ -190,16 +180,16 @@ class Trainer:
                 )
             for step in manager.all_steps():
                 manager.delete(step)
-        params, other = self._placed_model_state()
+        params, non_params = self._placed_model_state()
         opt_state = jax.jit(self.optimizer.init, out_shardings=self._state_sharding.opt_state)(params)
-        state = _TrainState(params, opt_state, other)
+        state = _TrainState(params, opt_state, non_params)
         if resume and latest is not None:
             # The placed state is the template: orbax reads each array straight into its sharding on this mesh,
             # whatever mesh saved it.
             model_state, state.opt_state, progress = restore_checkpoint(
-                manager, latest, nnx.merge_state(params, other), opt_state
+                manager, latest, nnx.merge_state(params, non_params), opt_state
             )
-            state.params, state.other = nnx.split_state(model_state, nnx.Param, ...)
+            state.params, state.non_params = nnx.split_state(model_state, nnx.Param, ...)
             drop_records_after(metrics_path, latest)
             return state, _RunPosition(latest, progress["seed"], progress["elapsed"])
         write_run_files(self.model, self.out_dir, self.run_info)
@@ -238,8 +228,8 @@ class Trainer:
         try:
             for step in range(start.step, steps):
                 host_batch = next(batches)
-                state.params, state.opt_state, state.other, metrics = self._train_step(
-                    state.params, state.opt_state, state.other,
+                state.params, state.opt_state, state.non_params, metrics = self._train_step(
+                    state.params, state.opt_state, state.non_params,
                     jax.device_put(host_batch, self._batch_sharding), train_key, step,
                 )
                 window.append(metrics)
@@ -265,7 +255,7 @@ class Trainer:
                     window, window_items, window_start = [], 0, pause_start
                 validation_loss = None
                 if is_eval:
-                    scores = self._evaluate(state.params, state.other, data.validation, eval_key)
+                    scores = self._evaluate(state.params, state.non_params, data.validation, eval_key)
                     log({"step": done, "split": "validation", **scores, "elapsed": elapsed()})
                     validation_loss = scores["loss"]
                     if not np.isfinite(validation_loss):
@@ -275,7 +265,7 @@ class Trainer:
                     if not _all_finite(state.params):  # an update can overflow even when its loss was finite
                         raise _diverged(done, "the parameters hold NaN or Inf", manager)
                     save_checkpoint(
-                        manager, done, nnx.merge_state(state.params, state.other), state.opt_state,
+                        manager, done, nnx.merge_state(state.params, state.non_params), state.opt_state,
                         seed=start.seed, elapsed=elapsed(), validation_loss=validation_loss,
                     )
                 bar.set_postfix(postfix, refresh=False)
@@ -283,14 +273,14 @@ class Trainer:
         finally:
             bar.close()
         if start.step >= steps and data.validation is not None:
-            scores = self._evaluate(state.params, state.other, data.validation, eval_key)
+            scores = self._evaluate(state.params, state.non_params, data.validation, eval_key)
             final.update({f"validation_{k}": v for k, v in scores.items()})
         return final
 
-    def _evaluate(self, params: nnx.State, other: nnx.State, dataset: Dataset, key: jax.Array) -> dict[str, float]:
+    def _evaluate(self, params: nnx.State, non_params: nnx.State, dataset: Dataset, key: jax.Array) -> dict[str, float]:
         batches = itertools.islice(dataset.epoch_batches(self.batch_size), self.eval_batches)
         results = [
-            self._eval_step(params, other, jax.device_put(batch, self._batch_sharding), jax.random.fold_in(key, index))
+            self._eval_step(params, non_params, jax.device_put(batch, self._batch_sharding), jax.random.fold_in(key, index))
             for index, batch in enumerate(batches)
         ]
         results = jax.device_get(results)
@@ -311,12 +301,12 @@ def _make_train_step(
     batch_sharding: NamedSharding,
     augment: Callable | None = None,
 ) -> Callable:
-    """A jitted pure step (params, opt_state, other, batch, base_key, step) -> (params, opt_state, other, metrics).
+    """A jitted pure step (params, opt_state, non_params, batch, base_key, step) -> (params, opt_state, non_params, metrics).
 
     Inputs and outputs carry their mesh shardings, so XLA's SPMD partitioner inserts the collectives.
     """
 
-    def train_step(params, opt_state, other, batch, base_key, step):
+    def train_step(params, opt_state, non_params, batch, base_key, step):
         key = jax.random.fold_in(base_key, step)
         if augment is not None:
             key, augment_key = jax.random.split(key)
@@ -324,20 +314,20 @@ def _make_train_step(
         inputs = _cast_inputs(batch, compute_dtype)
 
         def loss_fn(params):
-            model = nnx.merge(graphdef, _cast_floats(params, compute_dtype), other)
+            model = nnx.merge(graphdef, _cast_floats(params, compute_dtype), non_params)
             loss, metrics = model.loss(inputs, rngs=as_rngs(key))
             return loss, (metrics, nnx.state(model, nnx.Not(nnx.Param)))
 
-        (loss, (metrics, other)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        (loss, (metrics, non_params)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         metrics = {"loss": loss, **metrics, "grad_norm": optax.tree.norm(grads)}
         learning_rate = current_learning_rate(opt_state)
         if learning_rate is not None:
             metrics["learning_rate"] = learning_rate
-        return params, opt_state, other, _as_float32(metrics)
+        return params, opt_state, non_params, _as_float32(metrics)
 
-    state = (state_sharding.params, state_sharding.opt_state, state_sharding.other)
+    state = (state_sharding.params, state_sharding.opt_state, state_sharding.non_params)
     whole = replicated(batch_sharding.mesh)
     return jax.jit(
         train_step,
@@ -350,10 +340,10 @@ def _make_train_step(
 def _make_eval_step(
     graphdef: nnx.GraphDef, compute_dtype, state_sharding: _TrainState, batch_sharding: NamedSharding
 ) -> Callable:
-    """A jitted step (params, other, batch, key) -> (metrics, weight), weight = number of real rows in the batch."""
+    """A jitted step (params, non_params, batch, key) -> (metrics, weight), weight = number of real rows in the batch."""
 
-    def eval_step(params, other, batch, key):
-        model = nnx.merge(graphdef, _cast_floats(params, compute_dtype), other)
+    def eval_step(params, non_params, batch, key):
+        model = nnx.merge(graphdef, _cast_floats(params, compute_dtype), non_params)
         loss, metrics = model.loss(_cast_inputs(batch, compute_dtype), rngs=as_rngs(key))
         weight = batch["weights"].sum() if "weights" in batch else len(next(iter(batch.values())))
         return _as_float32({"loss": loss, **metrics}), jnp.asarray(weight, jnp.float32)
@@ -361,7 +351,7 @@ def _make_eval_step(
     whole = replicated(batch_sharding.mesh)
     return jax.jit(
         eval_step,
-        in_shardings=(state_sharding.params, state_sharding.other, batch_sharding, whole),
+        in_shardings=(state_sharding.params, state_sharding.non_params, batch_sharding, whole),
         out_shardings=whole,
     )
 
@@ -431,6 +421,6 @@ def _all_finite(tree: Any) -> jax.Array:
 
 def _write_back(model: nnx.Module, state: _TrainState) -> None:
     """Put the trained state into the user's model; skipped if an interrupted step left donated (deleted) arrays."""
-    leaves = jax.tree.leaves((state.params, state.other))
+    leaves = jax.tree.leaves((state.params, state.non_params))
     if not any(leaf.is_deleted() for leaf in leaves if isinstance(leaf, jax.Array)):
-        nnx.update(model, state.params, state.other)
+        nnx.update(model, state.params, state.non_params)

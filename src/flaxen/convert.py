@@ -1,38 +1,28 @@
-"""Whole folders between Hugging Face and flaxen layouts: which model a folder holds, and `flaxen convert`."""
+"""Whole model folders between Hugging Face and flaxen layouts: which model a folder holds, and `flaxen convert`."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from flax import nnx
 
-from flaxen.models.bert import BertForMaskedLM
-from flaxen.models.gpt import GPTForCausalLM
-from flaxen.models.vit import ViTForImageClassification
-from flaxen.runs import MODEL_CLASSES, RUN_FILE, load_run
-
-# A flaxen folder records only its config; these are the classes its weights most often belong to.
-DEFAULT_CLASS_FOR_CONFIG = {"GPTConfig": GPTForCausalLM, "BertConfig": BertForMaskedLM, "ViTConfig": ViTForImageClassification}
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+from flaxen.hf import read_config_file
+from flaxen.models import DEFAULT_MODEL_CLASS, MODEL_CLASSES, model_class_named
+from flaxen.runs import is_run_folder, load_run, read_run_file
+from flaxen.text.tokenizer import HF_TOKENIZER_FILES
 
 
 def model_class_for(folder: str | Path, model_class: str | None = None) -> type:
     """The flaxen class for a folder: `model_class` if named, else the run's, the HF architecture's or the config's."""
     folder = Path(folder)
     if model_class is not None:
-        if model_class not in MODEL_CLASSES:
-            raise ValueError(f"unknown model class {model_class!r}; choose one of {', '.join(MODEL_CLASSES)}")
-        return MODEL_CLASSES[model_class]
-    if (folder / RUN_FILE).is_file():
-        return MODEL_CLASSES[json.loads((folder / RUN_FILE).read_text())["model_class"]]
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise ValueError(f"{folder} has no config.json; give a Hugging Face model folder or a flaxen run/model folder")
-    config = json.loads(config_file.read_text())
+        return model_class_named(model_class)
+    if is_run_folder(folder):
+        return model_class_named(read_run_file(folder)["model_class"])
+    config = read_config_file(folder)
     if "config_class" in config:
-        return DEFAULT_CLASS_FOR_CONFIG[config["config_class"]]
+        return DEFAULT_MODEL_CLASS[config["config_class"]]
     architectures = config.get("architectures") or []
     for cls in MODEL_CLASSES.values():
         if cls.params_table.architectures.get(cls.__name__) in architectures:
@@ -49,7 +39,7 @@ def load_folder(folder: str | Path, model_class: str | None = None) -> nnx.Modul
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a folder")
     cls = model_class_for(folder, model_class)
-    if (folder / RUN_FILE).is_file():
+    if is_run_folder(folder):
         model = load_run(folder).model
         if not isinstance(model, cls):
             raise ValueError(f"{folder} holds a {type(model).__name__} run, not a {cls.__name__}")
@@ -57,8 +47,10 @@ def load_folder(folder: str | Path, model_class: str | None = None) -> nnx.Modul
     return cls.from_pretrained(folder)
 
 
-def convert(source: str | Path, destination: str | Path, *, to: str = "hf", model_class: str | None = None,
-            overwrite: bool = False) -> Path:
+def convert(
+    source: str | Path, destination: str | Path, *, to: str = "hf", model_class: str | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write the model in `source` to `destination` in Hugging Face ("hf") or flaxen layout, with its tokenizer files."""
     source, destination = Path(source), Path(destination)
     if to not in ("hf", "flaxen"):
@@ -69,7 +61,7 @@ def convert(source: str | Path, destination: str | Path, *, to: str = "hf", mode
         raise ValueError("the destination is the source folder; choose another folder")
     model = load_folder(source, model_class)
     model.save_pretrained(destination, format=to)
-    for name in TOKENIZER_FILES:
+    for name in HF_TOKENIZER_FILES:
         if (source / name).is_file():
             shutil.copyfile(source / name, destination / name)
     return destination

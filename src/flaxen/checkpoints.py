@@ -1,11 +1,8 @@
-"""Run folders: orbax checkpoints (latest N + best by validation loss), config.json and run.json."""
+"""Orbax checkpoints of a training run: model state, optimizer state and run position; latest N + best kept."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +11,6 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
-
-CHECKPOINT_DIR = "checkpoints"
-CONFIG_FILE = "config.json"
-RUN_FILE = "run.json"
-PARTIAL_SUFFIX = ".partial"  # a file being written by `write_atomically`
-
 
 def _validation_loss(metrics: dict[str, float]) -> float:
     return metrics.get("validation_loss", math.inf)  # a checkpoint saved between evaluations is never the best
@@ -86,77 +77,24 @@ def restore_checkpoint(
     return restored.model, restored.opt_state, restored.progress
 
 
-def load_checkpoint(model: nnx.Module, out_dir: str | Path, step: int | None = None) -> int:
-    """Restore a run's saved weights into `model` (the best by validation loss, else the latest) and return the step."""
-    out_dir = Path(out_dir)
-    check_model_class(model, out_dir)
-    directory = out_dir / CHECKPOINT_DIR
+def restore_model_weights(model: nnx.Module, directory: str | Path, step: int | None = None) -> int:
+    """Restore checkpoint `step` (default: the best by validation loss, else the latest) into `model`; its step."""
+    directory = Path(directory)
     if not directory.is_dir():
-        raise FileNotFoundError(f"{out_dir} has no {CHECKPOINT_DIR}/ folder; is it a flaxen run folder?")
+        raise FileNotFoundError(f"no checkpoint folder at {directory}; is it a flaxen run folder?")
     with checkpoint_manager(directory, read_only=True) as manager:
         if step is None:
             step = manager.best_step()  # None when no checkpoint carries a validation loss
             step = manager.latest_step() if step is None else step
         if step is None or step not in manager.all_steps():
-            raise FileNotFoundError(f"no checkpoint {'' if step is None else step} in {directory}; "
-                                    f"saved steps: {manager.all_steps()}")
+            raise FileNotFoundError(
+                f"no checkpoint {'' if step is None else step} in {directory}; saved steps: {manager.all_steps()}"
+            )
         restored = manager.restore(
             step, args=ocp.args.Composite(model=ocp.args.StandardRestore(_abstract(nnx.state(model))))
         )
     nnx.update(model, restored.model)
     return step
-
-
-def write_run_files(model: nnx.Module, out_dir: Path, run_info: dict[str, Any] | None) -> None:
-    """Write run.json (model class + run_info) and config.json (the model config) into the run folder.
-
-    run.json comes first: it marks the folder as a run, so a run killed after it can be resumed.
-    """
-    run = {"model_class": type(model).__name__, **(run_info or {})}
-    write_atomically(out_dir / RUN_FILE, json.dumps(run, indent=2) + "\n")
-    write_atomically(out_dir / CONFIG_FILE, model.config.to_json() + "\n")
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Replace `path` by `text` in one step: a crash leaves the old file or the new one, never half of it."""
-    partial = path.with_name(path.name + PARTIAL_SUFFIX)
-    partial.write_text(text)
-    os.replace(partial, path)
-
-
-def check_model_class(model: nnx.Module, out_dir: Path) -> None:
-    """Raise ValueError if the folder's run.json names a model class other than `model`'s."""
-    run_file = out_dir / RUN_FILE
-    if not run_file.exists():
-        return
-    saved_class = json.loads(run_file.read_text()).get("model_class")
-    if saved_class != type(model).__name__:
-        raise ValueError(
-            f"{out_dir} holds a {saved_class} run, not a {type(model).__name__} one; use another out_dir"
-        )
-
-
-def check_resumable(model: nnx.Module, out_dir: Path) -> None:
-    """Raise ValueError unless the folder's run.json and config.json match `model` (absent files pass)."""
-    check_model_class(model, out_dir)
-    config_file = out_dir / CONFIG_FILE
-    if not config_file.exists():
-        return
-    saved = json.loads(config_file.read_text())
-    saved.pop("config_class", None)  # the model class was checked above
-    current = model.config.to_dict()
-    # Fields added after the run was written take their defaults; execution switches may change on resume.
-    defaults = {f.name: f.default for f in dataclasses.fields(model.config) if f.default is not dataclasses.MISSING}
-    ignored = set(getattr(model.config, "EXECUTION_FIELDS", ()))
-    differing = sorted(
-        key for key in (saved.keys() | current.keys()) - ignored
-        if json.dumps(saved.get(key, defaults.get(key))) != json.dumps(current.get(key))
-    )
-    if differing:
-        raise ValueError(
-            f"cannot resume {out_dir}: its {CONFIG_FILE} differs from this model's config in "
-            f"{', '.join(differing)}; use the same config or another out_dir"
-        )
 
 
 def _abstract(tree: Any) -> Any:
