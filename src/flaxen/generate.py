@@ -42,7 +42,8 @@ def _decode(graphdef, state, prompt_ids, prompt_mask, key, *, max_new_tokens, te
     sample = functools.partial(sample_next, temperature=temperature, top_k=top_k, top_p=top_p)
 
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
-    hidden, cache = gpt(prompt_ids, prompt_mask, positions=positions, cache=gpt.empty_cache(batch, prompt_length + max_new_tokens))
+    cache = gpt.empty_cache(batch, prompt_length + max_new_tokens)
+    hidden, cache = gpt.decode(prompt_ids, cache, positions=positions, padding_mask=prompt_mask)
     key, step_key = jax.random.split(key)
     first = sample(gpt.token_embedding.attend(hidden[:, -1]), step_key)  # LM head only where it is needed
     next_position = positions[:, -1] + 1
@@ -56,7 +57,7 @@ def _decode(graphdef, state, prompt_ids, prompt_mask, key, *, max_new_tokens, te
     def decode_one(carry):
         step, tokens, cache, position, done, key = carry
         previous = jax.lax.dynamic_index_in_dim(tokens, step - 1, axis=1, keepdims=True)  # (B, 1)
-        hidden, cache = gpt(previous, positions=position[:, None], cache=cache)
+        hidden, cache = gpt.decode(previous, cache, positions=position[:, None])
         key, step_key = jax.random.split(key)
         token = sample(gpt.token_embedding.attend(hidden[:, 0]), step_key)
         if eos_token_id is not None:

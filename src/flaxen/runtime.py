@@ -1,14 +1,13 @@
 """Process settings that only take effect when the interpreter starts: the memory allocator on CPU.
 
-XLA:CPU allocates each compiled step's scratch memory (hundreds of MB for a training step) from the C allocator and
-frees it when the step ends. glibc serves allocations that large with a fresh `mmap`, so every step page-faults
-all of it back in: about 100,000 faults, 15-20% of a small model's training step (benchmarks/NOTES.md). Asking
-glibc to back large allocations with transparent huge pages (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`) takes
-that to a few hundred faults per step. glibc reads the variable once, at process start, so applying it means
-relaunching the process: `relaunch_with_fast_allocator()` does that, and the `flaxen` command calls it.
+XLA:CPU allocates each compiled step's scratch memory from the C allocator and frees it when the step ends; glibc
+serves allocations that large with a fresh `mmap`, so every step page-faults all of it back in. Backing large
+allocations with transparent huge pages (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`) avoids that, but glibc reads
+the variable once, at process start: `relaunch_with_fast_allocator()` relaunches the process with it, and the
+`flaxen` command calls it (measured in benchmarks/NOTES.md).
 
-This module itself imports nothing heavy; importing it loads the `flaxen` package (~1 s, models only), which is
-what a relaunch repeats.
+This module itself imports nothing heavy; importing it loads the `flaxen` package (models only), which is what a
+relaunch repeats.
 """
 
 from __future__ import annotations

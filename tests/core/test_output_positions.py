@@ -171,11 +171,3 @@ def test_dropkey_keeps_each_chosen_query_own_position():
     assert int(keep.sum()) < keep.size // 4  # most keys dropped at rate 0.99
 
 
-def test_a_kv_cache_with_output_positions_is_refused():
-    gpt = GPT(GPTConfig.tiny(), rngs=nnx.Rngs(0))
-    ids, _ = token_batch(gpt.config.vocab_size)
-    with pytest.raises(ValueError, match="output_positions cannot be combined with a KV cache"):
-        gpt(ids, cache=gpt.empty_cache(3, 12), output_positions=slice(0, 1))
-    with pytest.raises(ValueError, match="output_positions cannot be combined with a KV cache"):
-        gpt.stack(jnp.zeros((3, 12, gpt.config.hidden_size)), cache=gpt.empty_cache(3, 12).with_written(jnp.ones((3, 12), bool)),
-                  output_positions=slice(0, 1))

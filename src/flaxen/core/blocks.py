@@ -1,4 +1,4 @@
-"""The transformer block, pre-LN (GPT, ViT) or post-LN (BERT)."""
+"""The transformer block, pre-LN (GPT, ViT) or post-LN (BERT), and the stack of them."""
 
 from __future__ import annotations
 
@@ -13,11 +13,16 @@ from flaxen.core.kv_cache import KVCache
 from flaxen.core.linear import Linear
 
 
+def layer_norm(config: TransformerConfig, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """A LayerNorm over the hidden size, with the config's epsilon and compute dtype."""
+    return nnx.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps, dtype=config.compute_dtype, rngs=rngs)
+
+
 class MLP(nnx.Module):
     """Linear -> activation -> Linear."""
 
     def __init__(self, config: TransformerConfig, *, kernel_init, out_kernel_init, rngs: nnx.Rngs):
-        dtype = jnp.dtype(config.dtype)
+        dtype = config.compute_dtype
         self.fc_in = Linear(config.hidden_size, config.mlp_dim, kernel_init=kernel_init, dtype=dtype, rngs=rngs)
         self.activation = Activation(config.activation, config.mlp_dim)
         self.fc_out = Linear(config.mlp_dim, config.hidden_size, kernel_init=out_kernel_init, dtype=dtype, rngs=rngs)
@@ -31,10 +36,9 @@ class TransformerBlock(nnx.Module):
 
     def __init__(self, config: TransformerConfig, *, norm_first: bool, kernel_init, out_kernel_init, rngs: nnx.Rngs):
         self.norm_first = norm_first
-        norm = lambda: nnx.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps, dtype=jnp.dtype(config.dtype), rngs=rngs)
-        self.attention_norm = norm()
+        self.attention_norm = layer_norm(config, rngs=rngs)
         self.attention = MultiHeadAttention(config, kernel_init=kernel_init, out_kernel_init=out_kernel_init, rngs=rngs)
-        self.mlp_norm = norm()
+        self.mlp_norm = layer_norm(config, rngs=rngs)
         self.mlp = MLP(config, kernel_init=kernel_init, out_kernel_init=out_kernel_init, rngs=rngs)
         self.dropout = nnx.Dropout(config.dropout)
 
@@ -45,48 +49,53 @@ class TransformerBlock(nnx.Module):
         mask: jax.Array | None = None,
         is_causal: bool = False,
         rngs: nnx.Rngs | None = None,
-        kv_cache: tuple[jax.Array, jax.Array] | None = None,
-        cache_index: jax.Array | None = None,
         output_positions: slice | jax.Array | None = None,
-    ):
-        """(B, T, D) -> (B, T, D); with `kv_cache` also returns the updated (keys, values).
+    ) -> jax.Array:
+        """(B, T, D) -> (B, T, D), or (B, P, D) at `output_positions` (a slice, or (B, P) indices).
 
-        With `output_positions` (a slice, or (B, P) indices) the block computes only those rows of its output,
-        (B, P, D): every position still serves as a key, but only these query and pass through the MLP.
+        With `output_positions` every position still serves as a key, but only these query and pass the MLP.
         """
         attended = self.attention(
             self.attention_norm(x) if self.norm_first else x,
-            mask=mask, is_causal=is_causal, rngs=rngs, kv_cache=kv_cache, cache_index=cache_index,
-            query_positions=output_positions,
+            mask=mask, is_causal=is_causal, rngs=rngs, output_positions=output_positions,
         )
-        if kv_cache is not None:
-            attended, kv_cache = attended
         if output_positions is not None:
             x = take_positions(x, output_positions)
+        return self._add_sublayers(x, attended, rngs)
+
+    def decode(
+        self, x: jax.Array, kv_cache: tuple[jax.Array, jax.Array], cache_index: jax.Array, mask: jax.Array
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """One decoding step (eval mode) over this layer's KV cache: (B, T, D) -> (B, T, D), the updated cache."""
+        attended, kv_cache = self.attention.decode(
+            self.attention_norm(x) if self.norm_first else x, kv_cache, cache_index, mask
+        )
+        return self._add_sublayers(x, attended, rngs=None), kv_cache
+
+    def _add_sublayers(self, x: jax.Array, attended: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
+        """The attention output's residual, then the MLP's, each with its LayerNorm before (pre-LN) or after."""
         if self.norm_first:
             x = x + self.dropout(attended, rngs=rngs)
-            x = x + self.dropout(self.mlp(self.mlp_norm(x), rngs=rngs), rngs=rngs)
-        else:
-            x = self.attention_norm(x + self.dropout(attended, rngs=rngs))
-            x = self.mlp_norm(x + self.dropout(self.mlp(x, rngs=rngs), rngs=rngs))
-        return x if kv_cache is None else (x, kv_cache)
+            return x + self.dropout(self.mlp(self.mlp_norm(x), rngs=rngs), rngs=rngs)
+        x = self.attention_norm(x + self.dropout(attended, rngs=rngs))
+        return self.mlp_norm(x + self.dropout(self.mlp(x, rngs=rngs), rngs=rngs))
 
 
 class TransformerStack(nnx.Module):
     """`num_layers` blocks applied in order; optionally returns every layer's output for inspection.
 
-    `config.scan_layers` runs the blocks (without a KV cache) as one `lax.scan` over their stacked parameters;
-    `config.remat` wraps each block in `jax.checkpoint`, trading a second forward pass in the backward pass for
-    not storing the block's activations. Together they cut XLA:CPU's temporary memory 2-5x; scanning does not
-    shorten XLA:CPU's compiles (benchmarks/NOTES.md §8d). Parameters stay one
-    module per layer either way, so checkpoints and Hugging Face key tables do not depend on these switches.
+    `config.scan_layers` runs the blocks as one `lax.scan` over their stacked parameters; `config.remat` wraps
+    each block in `jax.checkpoint` (its activations recomputed in the backward pass instead of stored).
+    Parameters stay one module per layer either way, so checkpoints and Hugging Face tables do not depend on them.
     """
 
     def __init__(self, config: TransformerConfig, *, norm_first: bool, kernel_init, out_kernel_init, rngs: nnx.Rngs):
         self.scan_layers = config.scan_layers
         self.remat = config.remat
         self.blocks = nnx.List(
-            TransformerBlock(config, norm_first=norm_first, kernel_init=kernel_init, out_kernel_init=out_kernel_init, rngs=rngs)
+            TransformerBlock(
+                config, norm_first=norm_first, kernel_init=kernel_init, out_kernel_init=out_kernel_init, rngs=rngs
+            )
             for _ in range(config.num_layers)
         )
 
@@ -98,84 +107,81 @@ class TransformerStack(nnx.Module):
         is_causal: bool = False,
         rngs: nnx.Rngs | None = None,
         return_hidden_states: bool = False,
-        cache: KVCache | None = None,
         output_positions: slice | jax.Array | None = None,
     ):
         """(B, T, D) -> (B, T, D), plus every layer's input and output with `return_hidden_states`.
 
-        With `cache`, the blocks read and extend it (its `valid` already covers this step) and
-        `(x, updated cache)` is returned. With `output_positions` (a slice, or (B, P) indices), the last block
-        computes only those rows, (B, P, D): what a head that reads [CLS] or a few slots needs, for a fraction
-        of the last layer's work (the last hidden state is then (B, P, D), the others (B, T, D)).
+        With `output_positions` (a slice, or (B, P) indices) the last block computes only those rows, (B, P, D):
+        what a head reading [CLS] or a few slots needs (the last hidden state is then (B, P, D), the others
+        (B, T, D)).
         """
-        if cache is not None and output_positions is not None:
-            raise ValueError("output_positions cannot be combined with a KV cache")
-        if cache is None and (self.scan_layers or self.remat):
-            x, hidden_states = self._functional(
-                x, mask=mask, is_causal=is_causal, rngs=rngs, keep=return_hidden_states, output_positions=output_positions,
+        if self.scan_layers or self.remat:
+            x, hidden_states = self._call_transformed(
+                x, mask, is_causal, rngs, return_hidden_states=return_hidden_states, output_positions=output_positions
             )
-            return (x, hidden_states) if return_hidden_states else x
-        hidden_states = [x]
-        keys, values = [], []
-        last = len(self.blocks) - 1
-        for layer, block in enumerate(self.blocks):
-            if cache is None:
-                x = block(x, mask=mask, is_causal=is_causal, rngs=rngs, output_positions=output_positions if layer == last else None)
-            else:
-                layer_cache = (cache.keys[layer], cache.values[layer])
-                x, (k, v) = block(x, mask=mask, rngs=rngs, kv_cache=layer_cache, cache_index=cache.index)
-                keys.append(k)
-                values.append(v)
-            hidden_states.append(x)
-        if cache is not None:
-            return x, cache._replace(keys=tuple(keys), values=tuple(values), index=cache.index + x.shape[1])
+        else:
+            hidden_states = [x]
+            last = len(self.blocks) - 1
+            for layer, block in enumerate(self.blocks):
+                positions = output_positions if layer == last else None
+                x = block(x, mask=mask, is_causal=is_causal, rngs=rngs, output_positions=positions)
+                hidden_states.append(x)
         return (x, hidden_states) if return_hidden_states else x
 
-    def _functional(
-        self, x: jax.Array, *, mask, is_causal: bool, rngs: nnx.Rngs | None, keep: bool, output_positions=None,
+    def decode(self, x: jax.Array, cache: KVCache, mask: jax.Array) -> tuple[jax.Array, KVCache]:
+        """(B, T, D) -> (B, T, D) for tokens written at `cache.index` (its `valid` covers them), and the new cache."""
+        keys, values = [], []
+        for layer, block in enumerate(self.blocks):
+            x, (layer_keys, layer_values) = block.decode(x, (cache.keys[layer], cache.values[layer]), cache.index, mask)
+            keys.append(layer_keys)
+            values.append(layer_values)
+        return x, cache._replace(keys=tuple(keys), values=tuple(values), index=cache.index + x.shape[1])
+
+    def _call_transformed(
+        self, x: jax.Array, mask, is_causal: bool, rngs: nnx.Rngs | None, *, return_hidden_states: bool,
+        output_positions,
     ) -> tuple[jax.Array, list[jax.Array]]:
-        """The blocks as a pure function of their parameters (scanned and/or rematerialised); `keep`: every output."""
+        """The blocks as pure functions of their parameters, rematerialised and/or scanned."""
         splits = [nnx.split(block) for block in self.blocks]
         graphdef = splits[0][0]
-        # Each layer draws its own dropout key up front: the scanned body cannot advance the caller's Rngs. Like
-        # the layer loop, need no key when nothing is random (evaluation, or an Rngs without a dropout stream).
+        # Each layer draws its own dropout key up front: a scanned body cannot advance the caller's Rngs. Like
+        # the plain loop, need no key when nothing is random (evaluation, or an Rngs without a dropout stream).
         random = rngs is not None and ("dropout" in rngs or "default" in rngs)
-        layer_keys = jax.random.split(rngs.dropout(), len(splits)) if random else None
+        layer_keys = jax.random.split(rngs.dropout(), len(splits)) if random else [None] * len(splits)
 
         def block_function(positions, *, in_scan: bool):
             def apply(state, x, key):
                 block_rngs = None if key is None else nnx.Rngs(dropout=key)
-                return nnx.merge(graphdef, state)(x, mask=mask, is_causal=is_causal, rngs=block_rngs, output_positions=positions)
+                block = nnx.merge(graphdef, state)
+                return block(x, mask=mask, is_causal=is_causal, rngs=block_rngs, output_positions=positions)
 
-            return jax.checkpoint(apply, prevent_cse=not in_scan) if self.remat else apply  # scan already keeps CSE out
+            return jax.checkpoint(apply, prevent_cse=not in_scan) if self.remat else apply  # scan keeps CSE out
 
         # With output_positions under scan_layers, the last block runs on its own after the scan over the others.
         last_in_scan = self.scan_layers and output_positions is None
-        apply, apply_last = block_function(None, in_scan=self.scan_layers), block_function(output_positions, in_scan=last_in_scan)
-        key_of = lambda layer: None if layer_keys is None else layer_keys[layer]
-        last = len(splits) - 1
+        apply = block_function(None, in_scan=self.scan_layers)
+        apply_last = block_function(output_positions, in_scan=last_in_scan)
+        hidden_states = [x]
         if not self.scan_layers:
-            hidden_states = [x]
             for layer, (_, state) in enumerate(splits):
-                x = (apply_last if layer == last else apply)(state, x, key_of(layer))
+                x = (apply_last if layer == len(splits) - 1 else apply)(state, x, layer_keys[layer])
                 hidden_states.append(x)
             return x, hidden_states
         if any(other != graphdef for other, _ in splits[1:]):
             raise ValueError("scan_layers needs identical blocks; these differ in structure or static settings")
-        scanned = splits if last_in_scan else splits[:-1]
-        hidden_states = [x]
+        scanned = len(splits) if last_in_scan else len(splits) - 1
         if scanned:
-            stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(state for _, state in scanned))
-            scanned_keys = None if layer_keys is None else layer_keys[: len(scanned)]
+            stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(state for _, state in splits[:scanned]))
 
             def body(x, layer_inputs):
                 state, key = layer_inputs
                 x = apply(state, x, key)
-                return x, x if keep else None
+                return x, x if return_hidden_states else None
 
+            scanned_keys = None if layer_keys[0] is None else layer_keys[:scanned]
             x, outputs = jax.lax.scan(body, x, (stacked, scanned_keys))
-            hidden_states += [outputs[layer] for layer in range(len(scanned))] if keep else []
+            hidden_states += [outputs[layer] for layer in range(scanned)] if return_hidden_states else []
         if not last_in_scan:
-            x = apply_last(splits[-1][1], x, key_of(last))
+            x = apply_last(splits[-1][1], x, layer_keys[-1])
             hidden_states.append(x)
-        return x, hidden_states if keep else []
+        return x, hidden_states if return_hidden_states else []

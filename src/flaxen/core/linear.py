@@ -21,9 +21,8 @@ def _matmul_forward(x, kernel):
 
 
 def _matmul_backward(residuals, grad_out):
-    # Autodiff's transpose of a (B, T, K) x (K, N) dot contracts the kernel gradient over two axes (B and T) and
-    # orders the input gradient's dot so that XLA:CPU adds transposes around both; written as 2-D matmuls over
-    # the flattened rows, the same arithmetic makes the training step 7-15% faster (benchmarks/NOTES.md §10).
+    # The kernel gradient as one 2-D matmul over the flattened rows, not autodiff's contraction over two axes
+    # (B and T), which XLA:CPU surrounds with transposes.
     x, kernel = residuals
     grad_x = jax.lax.dot_general(grad_out, kernel, (((grad_out.ndim - 1,), (1,)), ((), ())))
     rows = x.reshape(-1, x.shape[-1])

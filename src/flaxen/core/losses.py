@@ -16,10 +16,9 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array | Non
 def accuracy(logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None) -> jax.Array:
     """Fraction (weighted) of rows whose label has the largest logit; labels outside [0, V) and ties are wrong.
 
-    The same as `argmax(logits) == labels` except on exact ties for the maximum (argmax picks the first; here a
-    tie never counts, so an untrained zero-initialised head scores 0, not 1). Comparing the label's logit with the
-    row maximum of the float32 logits reuses the maximum the loss computes; an argmax over a large vocabulary is
-    a separate (value, index) reduction that cost XLA:CPU 5-6% of a GPT training step (benchmarks/NOTES.md).
+    The same as `argmax(logits) == labels` except on exact ties for the maximum, which never count (so an
+    untrained zero-initialised head scores 0, not 1). The label's logit is compared with the row maximum the
+    loss also computes, instead of a separate argmax reduction.
     """
     logits = logits.astype(jnp.float32)
     labels = labels.astype(jnp.int32)
@@ -48,7 +47,9 @@ def position_weights(batch: dict[str, jax.Array], *, padding_mask: jax.Array | N
     return row_weights if padding_mask is None else row_weights * padding_mask
 
 
-def scored(logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+def loss_and_metrics(
+    logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None
+) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The (loss, metrics) pair every task model's `loss` returns: weighted cross-entropy and accuracy."""
     loss = cross_entropy(logits, labels, weights)
     return loss, {"loss": loss, "accuracy": accuracy(logits, labels, weights)}
