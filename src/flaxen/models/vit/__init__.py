@@ -1,3 +1,9 @@
-from flaxen.models.vit.modeling import ViT, ViTConfig, ViTForImageClassification, resample_position_embeddings, to_finetune
+from flaxen.models.vit.modeling import (
+    ViT,
+    ViTConfig,
+    ViTForImageClassification,
+    resample_position_embeddings,
+    to_finetune,
+)
 
 __all__ = ["ViT", "ViTConfig", "ViTForImageClassification", "resample_position_embeddings", "to_finetune"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -11,11 +12,12 @@ import numpy as np
 from flax import nnx
 
 from flaxen.core import PatchEmbedding, TransformerConfig, TransformerStack, as_rngs
+from flaxen.core.blocks import layer_norm
 from flaxen.core.linear import Linear
-from flaxen.core.losses import scored
-from flaxen.core.pretrained import PretrainedMixin
-from flaxen.core.resample import resample_grid
+from flaxen.core.losses import loss_and_metrics
+from flaxen.hf import PretrainedMixin
 from flaxen.models.vit import params
+from flaxen.models.vit.resample import resample_grid
 
 # width, depth, heads, MLP width (ViT paper, big_vision).
 VARIANTS = {
@@ -41,6 +43,17 @@ class ViTConfig(TransformerConfig):
     layer_norm_eps: float = 1e-12
     dropout: float = 0.0
 
+    PRESETS: ClassVar = {
+        "tiny": ("16×16×3 images in 4×4 patches, 2 layers, 64 wide: for tests", {
+            "image_size": 16, "patch_size": 4, "hidden_size": 64, "num_layers": 2, "num_heads": 4, "mlp_dim": 256,
+            "num_labels": 10,
+        }),
+        "small": ("32×32×3 images in 4×4 patches, 4 layers, 256 wide: trains on a CPU in minutes", {
+            "image_size": 32, "patch_size": 4, "hidden_size": 256, "num_layers": 4, "num_heads": 4, "mlp_dim": 1024,
+            "num_labels": 10,
+        }),
+    }
+
     def __post_init__(self):
         super().__post_init__()
         if self.image_size % self.patch_size:
@@ -49,6 +62,19 @@ class ViTConfig(TransformerConfig):
     @property
     def grid_size(self) -> int:
         return self.image_size // self.patch_size
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> ViTConfig:
+        """A preset ("tiny", "small") or a variant string ("Ti/16", "S/16", ...) with some fields changed."""
+        return cls.from_variant(name, **overrides) if "/" in name else super().from_preset(name, **overrides)
+
+    @classmethod
+    def preset_help(cls) -> str:
+        return f"{super().preset_help()}; or a variant NAME/PATCH with NAME in {', '.join(VARIANTS)}, e.g. Ti/4, S/16"
+
+    def weight_init(self, scale: float = 1.0) -> nnx.Initializer:
+        """Truncated normal with std `scale · initializer_range` (big_vision, Hugging Face ViT)."""
+        return nnx.initializers.truncated_normal(self.initializer_range * scale)
 
     @classmethod
     def from_variant(cls, variant: str, **overrides) -> ViTConfig:
@@ -62,31 +88,30 @@ class ViTConfig(TransformerConfig):
 
     @classmethod
     def tiny(cls, **overrides) -> ViTConfig:
-        """16×16×3 images in 4×4 patches, 2 layers, 64 wide: for tests."""
-        base = {"image_size": 16, "patch_size": 4, "hidden_size": 64, "num_layers": 2, "num_heads": 4, "mlp_dim": 256, "num_labels": 10}
-        return cls(**base | overrides)
+        return cls.from_preset("tiny", **overrides)
 
     @classmethod
     def small(cls, **overrides) -> ViTConfig:
-        """32×32×3 images in 4×4 patches, 4 layers, 256 wide: trains on a CPU in minutes."""
-        base = {"image_size": 32, "patch_size": 4, "hidden_size": 256, "num_layers": 4, "num_heads": 4, "mlp_dim": 1024, "num_labels": 10}
-        return cls(**base | overrides)
+        return cls.from_preset("small", **overrides)
 
 
 class ViT(PretrainedMixin, nnx.Module):
     """Backbone: (B, H, W, C) images -> (B, 1 + patches, D) after the final LayerNorm; index 0 is [CLS]."""
 
+    config_class = ViTConfig
     params_table = params.VIT
 
     def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs):
         self.config = config
-        init = nnx.initializers.truncated_normal(config.initializer_range)
-        self.patch_embedding = PatchEmbedding(config.patch_size, config.channels, config.hidden_size, kernel_init=init, dtype=jnp.dtype(config.dtype), rngs=rngs)
-        self.cls_token = nnx.Param(jnp.zeros((1, 1, config.hidden_size), jnp.float32))
-        self.position_embedding = nnx.Param(init(rngs.params(), (1 + config.grid_size**2, config.hidden_size), jnp.float32))
+        init, width = config.weight_init(), config.hidden_size
+        self.patch_embedding = PatchEmbedding(
+            config.patch_size, config.channels, width, kernel_init=init, dtype=config.compute_dtype, rngs=rngs
+        )
+        self.cls_token = nnx.Param(jnp.zeros((1, 1, width), jnp.float32))
+        self.position_embedding = nnx.Param(init(rngs.params(), (1 + config.grid_size**2, width), jnp.float32))
         self.dropout = nnx.Dropout(config.dropout)
         self.stack = TransformerStack(config, norm_first=True, kernel_init=init, out_kernel_init=init, rngs=rngs)
-        self.final_norm = nnx.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps, dtype=jnp.dtype(config.dtype), rngs=rngs)
+        self.final_norm = layer_norm(config, rngs=rngs)
 
     def __call__(
         self,
@@ -103,14 +128,16 @@ class ViT(PretrainedMixin, nnx.Module):
         """
         height, width = self._check_images(images, interpolate_position_embeddings)
         rngs = as_rngs(rngs)
-        patches = self.patch_embedding(images.astype(jnp.dtype(self.config.dtype)))
+        patches = self.patch_embedding(images.astype(self.config.compute_dtype))
         cls = jnp.broadcast_to(self.cls_token[...].astype(patches.dtype), (patches.shape[0], 1, patches.shape[2]))
         positions = self.position_embedding[...]
         grid = (height // self.config.patch_size, width // self.config.patch_size)
         if grid != (self.config.grid_size,) * 2:
             positions = resample_position_embeddings(positions, grid)
         x = jnp.concatenate([cls, patches], axis=1) + positions.astype(patches.dtype)[None]
-        x, hidden_states = self.stack(self.dropout(x, rngs=rngs), rngs=rngs, return_hidden_states=True, output_positions=output_positions)
+        x, hidden_states = self.stack(
+            self.dropout(x, rngs=rngs), rngs=rngs, return_hidden_states=True, output_positions=output_positions
+        )
         x = self.final_norm(x)
         return (x, hidden_states[:-1] + [x]) if return_hidden_states else x
 
@@ -142,12 +169,13 @@ def resample_position_embeddings(position_embedding: jax.Array, grid: tuple[int,
 class ViTForImageClassification(PretrainedMixin, nnx.Module):
     """Classifier on [CLS]: with `representation_size`, the pretrain pre-logits tanh layer comes first."""
 
+    config_class = ViTConfig
     params_table = params.VIT
 
     def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs):
         self.config = config
         self.vit = ViT(config, rngs=rngs)
-        init = nnx.initializers.truncated_normal(config.initializer_range)
+        init = config.weight_init()
         features = config.hidden_size
         self.pre_logits = nnx.data(None)
         if config.representation_size is not None:
@@ -169,7 +197,7 @@ class ViTForImageClassification(PretrainedMixin, nnx.Module):
     def loss(self, batch: dict[str, jax.Array], *, rngs: nnx.Rngs | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Cross-entropy on `labels`; rows with `weights` 0 (evaluation padding) are not counted."""
         logits = self(batch["images"], rngs=rngs)
-        return scored(logits, batch["labels"], batch.get("weights"))
+        return loss_and_metrics(logits, batch["labels"], batch.get("weights"))
 
 
 def to_finetune(

@@ -1,0 +1,73 @@
+"""The package's layering holds: the core knows no file format or model, `flaxen.hf` no model by name, and each
+module imports cleanly on its own, whatever is imported first."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import flaxen
+from flaxen.cli import build_parser
+from flaxen.models import CONFIG_CLASSES, MODEL_CLASSES
+from flaxen.recipes import RECIPES
+
+PACKAGE = Path(flaxen.__file__).parent
+
+
+def imported_modules(folder: Path) -> dict[str, set[str]]:
+    """For every .py file under `folder`: the top-level names of the modules it imports (flaxen.x.y kept whole)."""
+    result = {}
+    for path in folder.rglob("*.py"):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module)
+        result[str(path.relative_to(PACKAGE))] = names
+    return result
+
+
+@pytest.mark.parametrize(
+    ("folder", "forbidden"),
+    [
+        ("core", ("safetensors", "flaxen.hf", "flaxen.models", "flaxen.runs", "flaxen.text", "flaxen.data")),
+        ("hf", ("flaxen.models", "flaxen.runs", "flaxen.train", "flaxen.recipes")),
+        ("models", ("flaxen.runs", "flaxen.train", "flaxen.recipes", "flaxen.data", "safetensors")),
+    ],
+)
+def test_lower_layers_do_not_import_higher_ones(folder, forbidden):
+    offenders = {
+        file: sorted(name for name in names if any(name == f or name.startswith(f + ".") for f in forbidden))
+        for file, names in imported_modules(PACKAGE / folder).items()
+    }
+    assert {file: names for file, names in offenders.items() if names} == {}
+
+
+@pytest.mark.parametrize("module", ["flaxen.runs", "flaxen.train", "flaxen.recipes", "flaxen.convert", "flaxen.hf"])
+def test_every_module_imports_first(module):
+    subprocess.run([sys.executable, "-c", f"import {module}"], check=True, capture_output=True, timeout=120)
+
+
+def test_one_registry_names_every_model_config_and_recipe():
+    assert {recipe.model_class.__name__ for recipe in RECIPES.values()} <= set(MODEL_CLASSES)
+    assert {recipe.config_class.__name__ for recipe in RECIPES.values()} <= set(CONFIG_CLASSES)
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for recipe in RECIPES.values():
+        command, family = recipe.command
+        journey = commands[command]._subparsers._group_actions[0].choices[family]
+        assert journey.get_default("recipe") == recipe.name
+        help_text = journey.format_help()
+        assert all(preset in help_text for preset in recipe.config_class.PRESETS)  # --help reads the table
+
+
+@pytest.mark.parametrize("config_class", list(CONFIG_CLASSES.values()))
+def test_presets_come_from_one_table(config_class):
+    for name, (_, fields) in config_class.PRESETS.items():
+        config = config_class.from_preset(name)
+        assert all(getattr(config, field) == (tuple(v) if isinstance(v, list) else v) for field, v in fields.items())
+        assert getattr(config_class, name)() == config  # the classmethod sugar is the same preset
+    with pytest.raises(ValueError, match="unknown preset 'huge'; choose one of"):
+        config_class.from_preset("huge")
