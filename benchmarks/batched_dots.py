@@ -21,8 +21,11 @@ import time
 from pathlib import Path
 
 # (label, batch dims, M, K, N): ViT's and GPT's attention at the benchmark sizes, and the ViT MLP's dense matmul.
-SHAPES = [("vit attention (64·4)×65×64×65", (64, 4), 65, 64, 65), ("gpt attention (16·4)×128×64×128", (16, 4), 128, 64, 128),
-          ("dense 4160×256×1024", (), 4160, 256, 1024)]
+SHAPES = [
+    ("vit attention (64·4)×65×64×65", (64, 4), 65, 64, 65),
+    ("gpt attention (16·4)×128×64×128", (16, 4), 128, 64, 128),
+    ("dense 4160×256×1024", (), 4160, 256, 1024),
+]
 FORMS = {"q·kᵀ (NT)": "bmk,bnk->bmn", "p·v (NN)": "bmk,bkn->bmn", "pᵀ·dO (TN)": "bkm,bkn->bmn"}
 
 
@@ -34,6 +37,7 @@ def _timer(call, repeats: int = 5):
         for _ in range(repeats):
             call()
         return (time.perf_counter() - start) / repeats
+
     return timed
 
 
@@ -43,15 +47,14 @@ def measure(cores: int) -> list[dict]:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    import torch
-
     import run as bench
+    import torch
 
     torch.set_num_threads(cores)
     rows = []
     for label, batch, m, k, n in SHAPES:
         b = int(np.prod(batch))
-        for form, spec in (FORMS.items() if batch else [("NN", FORMS["p·v (NN)"])]):
+        for form, spec in FORMS.items() if batch else [("NN", FORMS["p·v (NN)"])]:
             spec = spec if batch else spec.replace("b", "")
             lhs_spec, rhs_spec = spec.split("->")[0].split(",")
             sizes = {"b": b, "m": m, "k": k, "n": n}
@@ -66,10 +69,19 @@ def measure(cores: int) -> list[dict]:
                 calls[name] = _timer(lambda compiled=compiled: compiled(ja, jc).block_until_ready())
             ta, tc = torch.from_numpy(a), torch.from_numpy(c)
             calls["torch"] = _timer(lambda spec=spec: torch.einsum(spec, ta, tc))
-            stats, basis = bench.chosen_stats(bench.interleaved(calls, warmup=2, timed=12, per_round=4, wait_quiet=10, settle=3))
+            stats, basis = bench.chosen_stats(
+                bench.interleaved(calls, warmup=2, timed=12, per_round=4, wait_quiet=10, settle=3)
+            )
             flops = 2 * b * m * k * n
-            rows.append({"shape": label, "form": form, "cores": cores, "other_cores_busy": basis["other_cores_busy"],
-                         "gflop_per_s": {name: round(flops / st["median_s"] / 1e9, 1) for name, st in stats.items()}})
+            rows.append(
+                {
+                    "shape": label,
+                    "form": form,
+                    "cores": cores,
+                    "other_cores_busy": basis["other_cores_busy"],
+                    "gflop_per_s": {name: round(flops / st["median_s"] / 1e9, 1) for name, st in stats.items()},
+                }
+            )
     return rows
 
 
@@ -83,17 +95,28 @@ def main() -> None:
         return
     rows = []
     for cores in (1, len(os.sched_getaffinity(0))):
-        out = subprocess.run([sys.executable, __file__, "--cores", str(cores)], check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, "--cores", str(cores)], check=True, capture_output=True, text=True
+        ).stdout
         rows += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     for row in rows:
         print(json.dumps(row))
     most = max(row["cores"] for row in rows)
-    print(f"\n| shape | form | JAX YNN 1 core / {most} | JAX Eigen 1 / {most} | torch 1 / {most} | JAX YNN speed-up from more cores |")
+    print(
+        f"\n| shape | form | JAX YNN 1 core / {most} | JAX Eigen 1 / {most} | torch 1 / {most} "
+        "| JAX YNN speed-up from more cores |"
+    )
     print("|---|---|---:|---:|---:|---:|")
     for one in (row for row in rows if row["cores"] == 1):
         many = next(r for r in rows if r["cores"] == most and (r["shape"], r["form"]) == (one["shape"], one["form"]))
-        cells = " | ".join(f"{one['gflop_per_s'][name]:.0f} / {many['gflop_per_s'][name]:.0f}" for name in ("jax ynn", "jax eigen", "torch"))
-        print(f"| {one['shape']} | {one['form']} | {cells} | {many['gflop_per_s']['jax ynn'] / one['gflop_per_s']['jax ynn']:.2f}× |")
+        cells = " | ".join(
+            f"{one['gflop_per_s'][name]:.0f} / {many['gflop_per_s'][name]:.0f}"
+            for name in ("jax ynn", "jax eigen", "torch")
+        )
+        print(
+            f"| {one['shape']} | {one['form']} | {cells} | "
+            f"{many['gflop_per_s']['jax ynn'] / one['gflop_per_s']['jax ynn']:.2f}× |"
+        )
 
 
 if __name__ == "__main__":

@@ -14,14 +14,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
 import run as bench  # noqa: E402
+import torch  # noqa: E402
 
 torch.set_num_threads(2)
 # (label, M, K, N): activations (M tokens, K in), weight (K, N)
-SHAPES = [("mlp in 2048x256x1024", 2048, 256, 1024), ("mlp out 2048x1024x256", 2048, 1024, 256),
-          ("qkv 2048x256x768", 2048, 256, 768), ("lm head 2048x256x8192", 2048, 256, 8192)]
+SHAPES = [
+    ("mlp in 2048x256x1024", 2048, 256, 1024),
+    ("mlp out 2048x1024x256", 2048, 1024, 256),
+    ("qkv 2048x256x768", 2048, 256, 768),
+    ("lm head 2048x256x8192", 2048, 256, 8192),
+]
 FORMS = {  # name: (lhs shape, rhs shape, dimension numbers, torch function)
     "NN  x@W": (lambda M, K, N: ((M, K), (K, N), (((1,), (0,)), ((), ()))), lambda a, b: a @ b),
     "NT  g@Wᵀ": (lambda M, K, N: ((M, N), (K, N), (((1,), (1,)), ((), ()))), lambda a, b: a @ b.t()),
@@ -49,6 +52,7 @@ for label, M, K, N in SHAPES:
                     out = compiled(ja, jb)
                 out.block_until_ready()
                 return (time.perf_counter() - start) / 5
+
             calls[name] = call
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
 
@@ -57,6 +61,7 @@ for label, M, K, N in SHAPES:
             for _ in range(5):
                 torch_fn(ta, tb)
             return (time.perf_counter() - start) / 5
+
         calls["torch"] = torch_call
         timings = bench.interleaved(calls, warmup=2, timed=10, per_round=1, wait_quiet=10)
         stats, basis = bench.chosen_stats(timings)

@@ -26,8 +26,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 if __name__ == "__main__" and os.environ.get("FLAXEN_ALLOCATOR") != "system":  # measure under the allocator flaxen uses
@@ -39,10 +40,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+import run as bench  # noqa: E402  (benchmarks/run.py: sizes, timing helpers)
 import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 
-import run as bench  # noqa: E402  (benchmarks/run.py: sizes, timing helpers)
 from flaxen import BertConfig, BertForMaskedLM, GPTConfig, GPTForCausalLM, ViTConfig, ViTForImageClassification  # noqa: E402
 from flaxen.train import Trainer, adamw  # noqa: E402
 
@@ -60,22 +61,29 @@ def build(model_name: str, seed: int = 0, **overrides) -> tuple[nnx.Module, list
     rng = np.random.default_rng(seed)
     if model_name == "gpt":
         model = GPTForCausalLM(GPTConfig.small(dropout=0.0, **overrides), rngs=nnx.Rngs(seed))
-        batches = [{"token_ids": rng.integers(0, bench.VOCAB, (bench.LM_BATCH, bench.CONTEXT + 1), dtype=np.int32)} for _ in range(4)]
+        batches = [
+            {"token_ids": rng.integers(0, bench.VOCAB, (bench.LM_BATCH, bench.CONTEXT + 1), dtype=np.int32)}
+            for _ in range(4)
+        ]
         return model, batches, bench.LM_BATCH * bench.CONTEXT
     if model_name == "bert":
         config = BertConfig.small(dropout=0.0, **overrides)
         model = BertForMaskedLM(config, rngs=nnx.Rngs(seed))
         batches = []
         for _ in range(4):
-            ids = rng.integers(max(config.special_token_ids) + 1, bench.VOCAB, (bench.LM_BATCH, bench.CONTEXT), dtype=np.int32)
+            ids = rng.integers(
+                max(config.special_token_ids) + 1, bench.VOCAB, (bench.LM_BATCH, bench.CONTEXT), dtype=np.int32
+            )
             ids[:, 0], ids[:, -1] = 2, 3
             batches.append({"token_ids": ids})
         return model, batches, bench.LM_BATCH * bench.CONTEXT
     if model_name == "vit":
         model = ViTForImageClassification(ViTConfig.small(dropout=0.0, **overrides), rngs=nnx.Rngs(seed))
         batches = [
-            {"images": rng.standard_normal((bench.VIT_BATCH, 32, 32, 3), dtype=np.float32),
-             "labels": rng.integers(0, 10, (bench.VIT_BATCH,), dtype=np.int32)}
+            {
+                "images": rng.standard_normal((bench.VIT_BATCH, 32, 32, 3), dtype=np.float32),
+                "labels": rng.integers(0, 10, (bench.VIT_BATCH,), dtype=np.int32),
+            }
             for _ in range(4)
         ]
         return model, batches, bench.VIT_BATCH
@@ -137,19 +145,30 @@ def compiled_variant(model, batches, opt, jitted: Callable, options: dict[str, A
     return step, time.perf_counter() - start
 
 
-def compare(label: str, model_name: str, items: int, variants: dict[str, Callable[[], float]], args, extra=None) -> None:
+def compare(
+    label: str, model_name: str, items: int, variants: dict[str, Callable[[], float]], args, extra=None
+) -> None:
     """Alternate the variants, emit one row: median seconds, items/s and the ratio of speeds to the first variant."""
     load_start = bench.loadavg()
     bench.info(f"{label} / {model_name}: {', '.join(variants)}")
     timings = bench.interleaved(variants, warmup=args.warmup, timed=args.steps, per_round=2, wait_quiet=args.wait_quiet)
     stats, basis = bench.chosen_stats(timings)
     first = next(iter(stats))
-    emit({
-        "lever": label, "model": model_name,
-        "items_per_s": {name: round(items / s["median_s"], 1) for name, s in stats.items()},
-        "speedup_vs_" + first: {name: round(stats[first]["median_s"] / s["median_s"], 3) for name, s in stats.items()},
-        "step_time": stats, **(extra or {}), **basis, "loadavg_start": load_start, "loadavg_end": bench.loadavg(),
-    })
+    emit(
+        {
+            "lever": label,
+            "model": model_name,
+            "items_per_s": {name: round(items / s["median_s"], 1) for name, s in stats.items()},
+            "speedup_vs_" + first: {
+                name: round(stats[first]["median_s"] / s["median_s"], 3) for name, s in stats.items()
+            },
+            "step_time": stats,
+            **(extra or {}),
+            **basis,
+            "loadavg_start": load_start,
+            "loadavg_end": bench.loadavg(),
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------------------- modes
@@ -157,7 +176,11 @@ XLA_VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "ynn off (Eigen dots)": {"xla_cpu_experimental_ynn_fusion_type": ""},
     "ynn dot only": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"},
-    "ynn dot+eltwise+reduce": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE"},
+    "ynn dot+eltwise+reduce": {
+        "xla_cpu_experimental_ynn_fusion_type": (
+            "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE"
+        )
+    },
     "xnn graph greedy": {"xla_cpu_experimental_xnn_graph_fusion_mode": "XNN_GRAPH_FUSION_MODE_GREEDY"},
     "onednn (ynn off)": {"xla_cpu_experimental_ynn_fusion_type": "", "xla_cpu_use_onednn": True},
     "fast math": {"xla_cpu_enable_fast_math": True},
@@ -177,8 +200,14 @@ def mode_xla(args) -> None:
                 variants[name], compile_s[name] = compiled_variant(model, batches, opt, jitted, options)
             except Exception as error:  # an option this jaxlib rejects
                 bench.info(f"  {name}: {type(error).__name__}: {str(error)[:200]}")
-        compare("xla", model_name, items, variants, args,
-                {"compile_s": {k: round(v, 2) for k, v in compile_s.items()}, "options": {k: chosen[k] for k in variants}})
+        compare(
+            "xla",
+            model_name,
+            items,
+            variants,
+            args,
+            {"compile_s": {k: round(v, 2) for k, v in compile_s.items()}, "options": {k: chosen[k] for k in variants}},
+        )
 
 
 def mode_dtype(args) -> None:
@@ -210,8 +239,15 @@ def mode_head(args) -> None:
         rngs = as_rngs(rngs)
         token_ids = batch["token_ids"]
         special_mask = jnp.isin(token_ids, jnp.asarray(config.special_token_ids))
-        masked = mask_tokens(token_ids, special_mask, rngs.masking(), mask_token_id=config.mask_token_id,
-                             vocab_size=config.vocab_size, special_token_ids=config.special_token_ids, mask_rate=config.mask_rate)
+        masked = mask_tokens(
+            token_ids,
+            special_mask,
+            rngs.masking(),
+            mask_token_id=config.mask_token_id,
+            vocab_size=config.vocab_size,
+            special_token_ids=config.special_token_ids,
+            mask_rate=config.mask_rate,
+        )
         hidden = self.bert(masked.token_ids, None, None, rngs=rngs)
         logits = self.lm_head(hidden, self.bert.token_embedding, rngs=rngs)  # (B, T, V) at every position
         rows = jnp.arange(token_ids.shape[0])[:, None]
@@ -229,8 +265,16 @@ def mode_head(args) -> None:
         full = compiled_variant(model, batches, opt, trainer_step(model, opt), {})[0]
     finally:
         modeling.BertForMaskedLM.loss = original
-    compare("head", "bert", items, {"last layer + head at 20 slots/row": compiled_variant(model, batches, opt, slots, {})[0],
-                                    "head at all 128 positions": full}, args)
+    compare(
+        "head",
+        "bert",
+        items,
+        {
+            "last layer + head at 20 slots/row": compiled_variant(model, batches, opt, slots, {})[0],
+            "head at all 128 positions": full,
+        },
+        args,
+    )
 
 
 def _gpt_loss_without_accuracy(self, batch, *, rngs=None):
@@ -259,8 +303,12 @@ def _plain_adamw() -> optax.GradientTransformation:
     """optax.adamw with the same mask and clip but no inject_hyperparams (constant learning rate)."""
     from flaxen.train.optim import matrices_only
 
-    return optax.chain(optax.clip_by_global_norm(bench.CLIP),
-                       optax.adamw(bench.LR, b1=bench.BETAS[0], b2=bench.BETAS[1], weight_decay=bench.WEIGHT_DECAY, mask=matrices_only))
+    return optax.chain(
+        optax.clip_by_global_norm(bench.CLIP),
+        optax.adamw(
+            bench.LR, b1=bench.BETAS[0], b2=bench.BETAS[1], weight_decay=bench.WEIGHT_DECAY, mask=matrices_only
+        ),
+    )
 
 
 def mode_proto(args) -> None:
@@ -272,14 +320,18 @@ def mode_proto(args) -> None:
         opt = optimizer()
         variants = {"today": compiled_variant(model, batches, opt, trainer_step(model, opt), {})[0]}
         plain = _plain_adamw()
-        variants["optax.adamw without inject_hyperparams"] = compiled_variant(model, batches, plain, trainer_step(model, plain), {})[0]
+        variants["optax.adamw without inject_hyperparams"] = compiled_variant(
+            model, batches, plain, trainer_step(model, plain), {}
+        )[0]
         if model_name == "gpt":
             original = gpt_modeling.GPTForCausalLM.loss
             gpt_modeling.GPTForCausalLM.loss = _gpt_loss_without_accuracy
             try:
                 variants["no accuracy metric"] = compiled_variant(model, batches, opt, trainer_step(model, opt), {})[0]
                 gpt_modeling.GPTForCausalLM.loss = _gpt_loss_cheap_accuracy
-                variants["accuracy = target logit is the max"] = compiled_variant(model, batches, opt, trainer_step(model, opt), {})[0]
+                variants["accuracy = target logit is the max"] = compiled_variant(
+                    model, batches, opt, trainer_step(model, opt), {}
+                )[0]
             finally:
                 gpt_modeling.GPTForCausalLM.loss = original
         compare("proto", model_name, items, variants, args)
@@ -308,45 +360,93 @@ def mode_breakdown(args) -> None:
                 start = time.perf_counter()
                 jax.block_until_ready(fn(params, device_batches[0]))
                 return time.perf_counter() - start
+
             return call
 
         peer_forward, peer_backward, peer_full = _peer_parts(model_name)
-        compare("breakdown", model_name, items, {
-            "flaxen forward": timed(forward), "HF forward": peer_forward,
-            "flaxen fwd+bwd": timed(backward), "HF fwd+bwd": peer_backward,
-            "flaxen step": full, "HF step": peer_full,
-        }, args)
+        compare(
+            "breakdown",
+            model_name,
+            items,
+            {
+                "flaxen forward": timed(forward),
+                "HF forward": peer_forward,
+                "flaxen fwd+bwd": timed(backward),
+                "HF fwd+bwd": peer_backward,
+                "flaxen step": full,
+                "HF step": peer_full,
+            },
+            args,
+        )
 
 
 def _peer_parts(model_name: str):
     """HF eager forward (no_grad), forward+backward, and full step, at the run.py sizes."""
     import torch.nn.functional as F
-    from transformers import BertConfig as HFBertConfig, BertForMaskedLM as HFBert, GPT2Config, GPT2LMHeadModel
-    from transformers import ViTConfig as HFViTConfig, ViTForImageClassification as HFViT
+    from transformers import BertConfig as HFBertConfig
+    from transformers import BertForMaskedLM as HFBert
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import ViTConfig as HFViTConfig
+    from transformers import ViTForImageClassification as HFViT
 
     torch.manual_seed(0)
     if model_name == "gpt":
-        config = GPT2Config(vocab_size=bench.VOCAB, n_positions=bench.CONTEXT, n_embd=bench.WIDTH, n_layer=bench.LAYERS,
-                            n_head=bench.HEADS, n_inner=bench.MLP, activation_function="gelu_new", resid_pdrop=0.0,
-                            embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+        config = GPT2Config(
+            vocab_size=bench.VOCAB,
+            n_positions=bench.CONTEXT,
+            n_embd=bench.WIDTH,
+            n_layer=bench.LAYERS,
+            n_head=bench.HEADS,
+            n_inner=bench.MLP,
+            activation_function="gelu_new",
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
         model = GPT2LMHeadModel._from_config(config, attn_implementation="sdpa")
         ids = torch.randint(0, bench.VOCAB, (bench.LM_BATCH, bench.CONTEXT + 1))
-        loss = lambda: F.cross_entropy(model(input_ids=ids[:, :-1]).logits.reshape(-1, bench.VOCAB), ids[:, 1:].reshape(-1))
+
+        def loss():
+            return F.cross_entropy(model(input_ids=ids[:, :-1]).logits.reshape(-1, bench.VOCAB), ids[:, 1:].reshape(-1))
     elif model_name == "bert":
-        config = HFBertConfig(vocab_size=bench.VOCAB, hidden_size=bench.WIDTH, num_hidden_layers=bench.LAYERS,
-                              num_attention_heads=bench.HEADS, intermediate_size=bench.MLP, max_position_embeddings=bench.CONTEXT,
-                              hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=0)
+        config = HFBertConfig(
+            vocab_size=bench.VOCAB,
+            hidden_size=bench.WIDTH,
+            num_hidden_layers=bench.LAYERS,
+            num_attention_heads=bench.HEADS,
+            intermediate_size=bench.MLP,
+            max_position_embeddings=bench.CONTEXT,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            pad_token_id=0,
+        )
         model = HFBert._from_config(config, attn_implementation="sdpa")
         ids = torch.randint(5, bench.VOCAB, (bench.LM_BATCH, bench.CONTEXT))
         labels = torch.where(torch.rand(ids.shape) < 0.15, ids, -100)
-        loss = lambda: model(input_ids=ids, labels=labels).loss
+
+        def loss():
+            return model(input_ids=ids, labels=labels).loss
     else:
-        config = HFViTConfig(image_size=32, patch_size=4, num_channels=3, hidden_size=bench.WIDTH, num_hidden_layers=bench.LAYERS,
-                             num_attention_heads=bench.HEADS, intermediate_size=bench.MLP, hidden_dropout_prob=0.0,
-                             attention_probs_dropout_prob=0.0, num_labels=10)
+        config = HFViTConfig(
+            image_size=32,
+            patch_size=4,
+            num_channels=3,
+            hidden_size=bench.WIDTH,
+            num_hidden_layers=bench.LAYERS,
+            num_attention_heads=bench.HEADS,
+            intermediate_size=bench.MLP,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            num_labels=10,
+        )
         model = HFViT._from_config(config, attn_implementation="sdpa")
         pixels, targets = torch.randn(bench.VIT_BATCH, 3, 32, 32), torch.randint(0, 10, (bench.VIT_BATCH,))
-        loss = lambda: model(pixel_values=pixels, labels=targets).loss
+
+        def loss():
+            return model(pixel_values=pixels, labels=targets).loss
+
     model.train()
     optimizer_, _ = bench.torch_adamw(model)
     params = list(model.parameters())
@@ -374,8 +474,12 @@ def _peer_parts(model_name: str):
     return forward, backward, full
 
 
-LAYER_VARIANTS = {"loop": {}, "scan": {"scan_layers": True}, "remat": {"remat": True},
-                  "scan+remat": {"scan_layers": True, "remat": True}}
+LAYER_VARIANTS = {
+    "loop": {},
+    "scan": {"scan_layers": True},
+    "remat": {"remat": True},
+    "scan+remat": {"scan_layers": True, "remat": True},
+}
 
 
 def mode_layers(args) -> None:
@@ -390,9 +494,18 @@ def mode_layers(args) -> None:
                 variants[name], compile_s[name] = compiled_variant(model, batches, opt, trainer_step(model, opt), {})
                 lower_s[name] = round(variants[name].lower_s, 2)
                 temp_mb[name] = round(variants[name].fn.memory_analysis().temp_size_in_bytes / 2**20, 1)
-            compare("layers", f"{model_name} ({model.config.num_layers} layers)", items, variants, args,
-                    {"trace_lower_s": lower_s, "compile_s": {k: round(v, 2) for k, v in compile_s.items()},
-                     "xla_temp_mb": temp_mb})
+            compare(
+                "layers",
+                f"{model_name} ({model.config.num_layers} layers)",
+                items,
+                variants,
+                args,
+                {
+                    "trace_lower_s": lower_s,
+                    "compile_s": {k: round(v, 2) for k, v in compile_s.items()},
+                    "xla_temp_mb": temp_mb,
+                },
+            )
 
 
 def mode_solo(args) -> None:
@@ -404,12 +517,31 @@ def mode_solo(args) -> None:
         for _ in range(args.warmup):
             step()
         stats = bench.summary([step() for _ in range(args.steps)])
-        print(json.dumps({"lever": "solo", "model": model_name, "devices": jax.device_count(), **stats,
-                          "items_per_s": round(items / stats["median_s"], 1), "compile_s": round(compile_s, 2),
-                          **{key: os.environ.get(key, "") for key in ("XLA_FLAGS", "PJRT_NPROC", "GLIBC_TUNABLES")}}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "lever": "solo",
+                    "model": model_name,
+                    "devices": jax.device_count(),
+                    **stats,
+                    "items_per_s": round(items / stats["median_s"], 1),
+                    "compile_s": round(compile_s, 2),
+                    **{key: os.environ.get(key, "") for key in ("XLA_FLAGS", "PJRT_NPROC", "GLIBC_TUNABLES")},
+                }
+            ),
+            flush=True,
+        )
 
 
-MODES = {"solo": mode_solo, "layers": mode_layers, "breakdown": mode_breakdown, "xla": mode_xla, "dtype": mode_dtype, "head": mode_head, "proto": mode_proto}
+MODES = {
+    "solo": mode_solo,
+    "layers": mode_layers,
+    "breakdown": mode_breakdown,
+    "xla": mode_xla,
+    "dtype": mode_dtype,
+    "head": mode_head,
+    "proto": mode_proto,
+}
 
 
 def main() -> None:
@@ -418,8 +550,13 @@ def main() -> None:
     parser.add_argument("--models", default="gpt,bert,vit")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
-                        help="before each round, wait up to SECONDS for other processes to use < 0.25 cores")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each round, wait up to SECONDS for other processes to use < 0.25 cores",
+    )
     parser.add_argument("--deep", type=int, default=12, help="layers mode: the deeper model's layer count")
     parser.add_argument("--variants", default="", help="xla mode: comma-separated subset of variant names")
     args = parser.parse_args()
@@ -430,14 +567,18 @@ def main() -> None:
     print()
     for row in ROWS:
         speed = row[next(k for k in row if k.startswith("speedup_vs_"))]
-        print(f"\n**{row['lever']} / {row['model']}** ({row['basis']}, others {row['other_cores_busy']} cores, "
-              f"load {row['loadavg_start'][0]:.2f} → {row['loadavg_end'][0]:.2f})\n")
+        print(
+            f"\n**{row['lever']} / {row['model']}** ({row['basis']}, others {row['other_cores_busy']} cores, "
+            f"load {row['loadavg_start'][0]:.2f} → {row['loadavg_end'][0]:.2f})\n"
+        )
         extra = [key for key in ("trace_lower_s", "compile_s", "xla_temp_mb") if key in row]
         print("| variant | items/s | median step s | speed vs first |" + "".join(f" {key} |" for key in extra))
         print("|---|---:|---:|---:|" + "---:|" * len(extra))
         for name, value in row["items_per_s"].items():
-            print(f"| {name} | {value:,.1f} | {row['step_time'][name]['median_s']:.3f} | {speed[name]:.3f} |"
-                  + "".join(f" {row[key][name]} |" for key in extra))
+            print(
+                f"| {name} | {value:,.1f} | {row['step_time'][name]['median_s']:.3f} | {speed[name]:.3f} |"
+                + "".join(f" {row[key][name]} |" for key in extra)
+            )
 
 
 if __name__ == "__main__":

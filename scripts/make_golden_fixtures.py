@@ -23,7 +23,9 @@ def main() -> None:
         shutil.rmtree(folder, ignore_errors=True)
         model = build_hf_model(case)
         model.save_pretrained(folder)
-        expected = {f"input.{k}": v for k, v in case.inputs.items()} | {f"output.{k}": v for k, v in hf_outputs(model, case.inputs).items()}
+        expected = {f"input.{k}": v for k, v in case.inputs.items()} | {
+            f"output.{k}": v for k, v in hf_outputs(model, case.inputs).items()
+        }
         save_file(expected, folder / "expected.safetensors")
         for file in sorted(folder.iterdir()):
             size = file.stat().st_size

@@ -43,8 +43,28 @@ def gpt_run(tmp_path_factory):
     text = root / "doc.txt"
     text.write_text(("the king and the queen walk in the fair night. " * 400) + "\n")
     out = root / "gpt"
-    assert main(["pretrain", "gpt", "--data", str(text), "--preset", "tiny", "--vocab-size", "300", "--steps", "2",
-                 "--batch-size", "4", "--no-progress", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "gpt",
+                "--data",
+                str(text),
+                "--preset",
+                "tiny",
+                "--vocab-size",
+                "300",
+                "--steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -68,7 +88,9 @@ def test_a_config_with_unknown_keys_is_refused(gpt_run, tmp_path, capsys):
 def test_a_tokenizer_that_does_not_match_the_model_is_refused(gpt_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(gpt_run, run)
-    bigger = flaxen.text.train_bpe(iter(["a completely different text with other words " * 50]), vocab_size=600, min_frequency=1)
+    bigger = flaxen.text.train_bpe(
+        iter(["a completely different text with other words " * 50]), vocab_size=600, min_frequency=1
+    )
     vocab = json.loads(flaxen.GPTConfig.from_json(run / "config.json").to_json())["vocab_size"]
     if bigger.get_vocab_size() <= vocab:
         pytest.skip("the stand-in tokenizer came out no larger than the model's vocabulary")

@@ -39,7 +39,11 @@ def write_images(folder: Path, sizes=((8, 8),)) -> Path:
 
 
 def snapshot(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +52,43 @@ def workspace(tmp_path_factory):
     texts = [str(write_text(root / f"doc{i}.txt", 1500, i)) for i in range(2)]
     runs = {"gpt": root / "gpt", "mlm": root / "mlm", "clf": root / "clf", "vit": root / "vit"}
     assert main(["pretrain", "gpt", "--data", *texts, "--vocab-size", "300", "--out", str(runs["gpt"]), *TRAIN]) == 0
-    assert main(["pretrain", "bert", "--data", *texts, "--vocab-size", "200", "--max-length", "32", "--out", str(runs["mlm"]), *TRAIN]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "bert",
+                "--data",
+                *texts,
+                "--vocab-size",
+                "200",
+                "--max-length",
+                "32",
+                "--out",
+                str(runs["mlm"]),
+                *TRAIN,
+            ]
+        )
+        == 0
+    )
     table = write_table(root / "tweets.csv")
-    assert main(["finetune", "bert", "--from", str(runs["mlm"]), "--data", str(table), "--max-length", "16", "--out", str(runs["clf"]), *TRAIN]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "bert",
+                "--from",
+                str(runs["mlm"]),
+                "--data",
+                str(table),
+                "--max-length",
+                "16",
+                "--out",
+                str(runs["clf"]),
+                *TRAIN,
+            ]
+        )
+        == 0
+    )
     images = write_images(root / "images")
     assert main(["train", "vit", "--images", str(images), "--patch-size", "4", "--out", str(runs["vit"]), *TRAIN]) == 0
     return {"root": root, "texts": texts, "table": table, "images": images, **runs}
@@ -67,8 +105,24 @@ def test_each_journey_leaves_a_complete_run_folder(workspace, run):
 
 
 def test_generate_prints_the_prompt_and_new_text(workspace, capsys):
-    assert main(["generate", "--run", str(workspace["gpt"]), "--prompt", "the king", "--prompt", "love",
-                 "--max-new-tokens", "8", "--seed", "1"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--run",
+                str(workspace["gpt"]),
+                "--prompt",
+                "the king",
+                "--prompt",
+                "love",
+                "--max-new-tokens",
+                "8",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.startswith("the king") and "\nlove" in out
 
@@ -91,7 +145,7 @@ def test_resume_continues_a_run_to_more_steps(workspace, capsys):
 @pytest.fixture(scope="module")
 def bad_inputs(workspace):
     ws = workspace
-    texts, table, images = ws["texts"], ws["table"], ws["images"]
+    texts = ws["texts"]
     root = ws["root"]
     empty = root / "empty.txt"
     empty.write_text("")
@@ -109,12 +163,27 @@ def bad_inputs(workspace):
         "empty file": ([*gpt, "--data", str(empty), "--out", str(root / "new2")], "empty"),
         "undecodable text": ([*gpt, "--data", str(binary), "--out", str(root / "new3")], "encoding"),
         "text shorter than a block": ([*gpt, "--data", str(short), "--out", str(root / "new4")], "tokens"),
-        "missing label column": (["finetune", "bert", "--data", str(no_label), "--out", str(root / "new5"), *TRAIN], "no column 'label'"),
-        "more labels than the head": (["finetune", "bert", "--data", str(three_labels), "--num-labels", "2", "--out", str(root / "new6"), *TRAIN], "3"),
-        "images of mixed sizes": (["train", "vit", "--images", str(mixed), "--out", str(root / "new7"), *TRAIN], "size"),
-        "resume a run of another model": ([*gpt, "--data", *texts, "--out", str(ws["vit"]), "--resume"], "ViTForImageClassification run"),
+        "missing label column": (
+            ["finetune", "bert", "--data", str(no_label), "--out", str(root / "new5"), *TRAIN],
+            "no column 'label'",
+        ),
+        "more labels than the head": (
+            ["finetune", "bert", "--data", str(three_labels), "--num-labels", "2", "--out", str(root / "new6"), *TRAIN],
+            "3",
+        ),
+        "images of mixed sizes": (
+            ["train", "vit", "--images", str(mixed), "--out", str(root / "new7"), *TRAIN],
+            "size",
+        ),
+        "resume a run of another model": (
+            [*gpt, "--data", *texts, "--out", str(ws["vit"]), "--resume"],
+            "ViTForImageClassification run",
+        ),
         "out folder holds a run": ([*gpt, "--data", *texts, "--out", str(ws["gpt"])], "--resume"),
-        "bad preset": ([*gpt[:-len(TRAIN)], "--preset", "huge", "--data", *texts, "--out", str(root / "new8")], "unknown preset"),
+        "bad preset": (
+            [*gpt[: -len(TRAIN)], "--preset", "huge", "--data", *texts, "--out", str(root / "new8")],
+            "unknown preset",
+        ),
         "unknown flag": (["train", "vit", "--wings"], "unrecognized arguments"),
         "generate from a ViT run": (["generate", "--run", str(ws["vit"])], "needs a GPT run"),
         "eval of a non-run folder": (["eval", "--run", str(root)], "not a flaxen run folder"),
@@ -122,9 +191,19 @@ def bad_inputs(workspace):
 
 
 CASES = [
-    "missing file", "empty file", "undecodable text", "text shorter than a block", "missing label column",
-    "more labels than the head", "images of mixed sizes", "resume a run of another model", "out folder holds a run",
-    "bad preset", "unknown flag", "generate from a ViT run", "eval of a non-run folder",
+    "missing file",
+    "empty file",
+    "undecodable text",
+    "text shorter than a block",
+    "missing label column",
+    "more labels than the head",
+    "images of mixed sizes",
+    "resume a run of another model",
+    "out folder holds a run",
+    "bad preset",
+    "unknown flag",
+    "generate from a ViT run",
+    "eval of a non-run folder",
 ]
 
 
@@ -150,7 +229,12 @@ def test_a_run_folder_loads_with_from_pretrained_as_its_final_weights(workspace)
     from flaxen import GPTForCausalLM, ViTForImageClassification
     from flaxen.runs import load_run
 
-    for name, cls, inputs in (("gpt", GPTForCausalLM, jnp.ones((1, 5), jnp.int32)), ("vit", ViTForImageClassification, jnp.ones((1, 8, 8, 1)))):
-        final_step = max(json.loads(line)["step"] for line in (workspace[name] / "metrics.jsonl").read_text().splitlines())
+    for name, cls, inputs in (
+        ("gpt", GPTForCausalLM, jnp.ones((1, 5), jnp.int32)),
+        ("vit", ViTForImageClassification, jnp.ones((1, 8, 8, 1))),
+    ):
+        final_step = max(
+            json.loads(line)["step"] for line in (workspace[name] / "metrics.jsonl").read_text().splitlines()
+        )
         from_checkpoint = load_run(workspace[name], step=final_step).model
         np.testing.assert_array_equal(cls.from_pretrained(workspace[name])(inputs), from_checkpoint(inputs))

@@ -14,28 +14,45 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
+from flaxen.checkpoints import checkpoint_manager, restore_checkpoint
 from flaxen.cli import main
 from flaxen.models.gpt import GPTConfig, GPTForCausalLM
-from flaxen.train import adamw
-from flaxen.checkpoints import checkpoint_manager, restore_checkpoint
 from flaxen.runs import CHECKPOINT_DIR
+from flaxen.train import adamw
 from flaxen.train.metrics import read_metrics
 
 FLAXEN = Path(sys.executable).with_name("flaxen")
 WORDS = "the king queen love night day sword crown blood heart fair foul sweet death life honour".split()
 STEPS = 16
 CHECKPOINT_EVERY = 2
-TRAIN = ["pretrain", "gpt", "--preset", "tiny", "--context-length", "16", "--vocab-size", "300", "--steps", str(STEPS),
-         "--batch-size", "4", "--eval-every", str(CHECKPOINT_EVERY), "--seed", "3", "--no-progress"]
+TRAIN = [
+    "pretrain",
+    "gpt",
+    "--preset",
+    "tiny",
+    "--context-length",
+    "16",
+    "--vocab-size",
+    "300",
+    "--steps",
+    str(STEPS),
+    "--batch-size",
+    "4",
+    "--eval-every",
+    str(CHECKPOINT_EVERY),
+    "--seed",
+    "3",
+    "--no-progress",
+]
 TEMPORARY_MARK = ".orbax-checkpoint-tmp"  # orbax writes a checkpoint here, then renames it to its step number
 CHAINS = 4
 KILLS_PER_CHAIN = 3
@@ -208,7 +225,9 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path):
 
     chains = [tmp_path / f"chain{index}" for index in range(CHAINS)]
     with ThreadPoolExecutor(max_workers=2) as pool:  # two at a time: this machine has two cores
-        kills = list(pool.map(lambda i: run_chain(runner, chains[i], seed=i, seconds_per_run=seconds_per_run), range(CHAINS)))
+        kills = list(
+            pool.map(lambda i: run_chain(runner, chains[i], seed=i, seconds_per_run=seconds_per_run), range(CHAINS))
+        )
 
     for chain in chains:
         assert validation_records(chain) == expected_validation
@@ -225,8 +244,22 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path):
 def test_divergence_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     out_dir = tmp_path / "run"
     text = write_text(tmp_path / "plays.txt", words=1200)
-    argv = [*TRAIN[:TRAIN.index("--steps")], "--steps", "20", "--batch-size", "4", "--eval-every", "1", "--no-progress",
-            "--data", str(text), "--out", str(out_dir), "--lr", "1e6"]
+    argv = [
+        *TRAIN[: TRAIN.index("--steps")],
+        "--steps",
+        "20",
+        "--batch-size",
+        "4",
+        "--eval-every",
+        "1",
+        "--no-progress",
+        "--data",
+        str(text),
+        "--out",
+        str(out_dir),
+        "--lr",
+        "1e6",
+    ]
     assert main(argv) == 1
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("flaxen: error: training diverged at step "), lines

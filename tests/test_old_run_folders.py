@@ -12,7 +12,19 @@ from flaxen.recipes import evaluate_run
 from flaxen.runs import load_run, read_run_file, recipe_of
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run-0.1-gpt"
-TRAIN = ["--preset", "tiny", "--vocab-size", "280", "--batch-size", "4", "--eval-every", "2", "--seed", "3", "--no-progress"]
+TRAIN = [
+    "--preset",
+    "tiny",
+    "--vocab-size",
+    "280",
+    "--batch-size",
+    "4",
+    "--eval-every",
+    "2",
+    "--seed",
+    "3",
+    "--no-progress",
+]
 
 
 @pytest.fixture
@@ -39,8 +51,12 @@ def test_an_old_run_loads_its_best_checkpoint_and_scores_what_it_logged(old_run)
 
 
 def test_an_old_run_resumes_from_its_latest_checkpoint(old_run):
-    assert main(["pretrain", "gpt", "--data", "plays.txt", "--out", str(old_run), "--steps", "6", "--resume", *TRAIN]) == 0
+    assert (
+        main(["pretrain", "gpt", "--data", "plays.txt", "--out", str(old_run), "--steps", "6", "--resume", *TRAIN]) == 0
+    )
     assert sorted(validation_losses(old_run)) == [2, 4, 6]
     assert (old_run / "model.safetensors").is_file()
     assert load_run(old_run, step=6).step == 6
-    assert evaluate_run(old_run, batch_size=4)["loss"] == pytest.approx(min(validation_losses(old_run).values()), rel=1e-5)
+    assert evaluate_run(old_run, batch_size=4)["loss"] == pytest.approx(
+        min(validation_losses(old_run).values()), rel=1e-5
+    )

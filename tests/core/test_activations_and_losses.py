@@ -7,8 +7,8 @@ import pytest
 from flax import nnx
 
 from flaxen.core import Activation, cross_entropy
-from flaxen.hf.table import activation_from_hf, activation_to_hf
 from flaxen.core.rng import as_rngs
+from flaxen.hf.table import activation_from_hf, activation_to_hf
 
 X = np.linspace(-4, 4, 41).astype(np.float32)
 
@@ -79,7 +79,9 @@ def test_per_row_weights_apply_to_every_position_of_the_row():
     logits = jnp.zeros((2, 3, 4)).at[0, :, 1].set(3.0)
     labels = jnp.ones((2, 3), jnp.int32)
     row_weights = jnp.array([[1.0], [0.0]])
-    np.testing.assert_allclose(cross_entropy(logits, labels, row_weights), cross_entropy(logits[:1], labels[:1]), rtol=1e-6)
+    np.testing.assert_allclose(
+        cross_entropy(logits, labels, row_weights), cross_entropy(logits[:1], labels[:1]), rtol=1e-6
+    )
 
 
 def test_accuracy_matches_argmax_and_counts_ties_and_bad_labels_as_wrong():
@@ -92,8 +94,11 @@ def test_accuracy_matches_argmax_and_counts_ties_and_bad_labels_as_wrong():
     weights = rng.integers(0, 2, (4, 16)).astype(np.float32)
     hits = (logits.argmax(-1) == labels).astype(np.float32)
     np.testing.assert_allclose(accuracy(jnp.asarray(logits), jnp.asarray(labels)), hits.mean(), rtol=1e-6)
-    np.testing.assert_allclose(accuracy(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(weights)),
-                               (hits * weights).sum() / weights.sum(), rtol=1e-6)
+    np.testing.assert_allclose(
+        accuracy(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(weights)),
+        (hits * weights).sum() / weights.sum(),
+        rtol=1e-6,
+    )
     tied = jnp.asarray([[1.0, 3.0, 3.0]])
     assert float(accuracy(tied, jnp.asarray([2]))) == 0.0 and float(accuracy(tied, jnp.asarray([1]))) == 0.0
     assert float(accuracy(jnp.zeros((4, 10)), jnp.arange(4))) == 0.0  # a zero-initialised head has learned nothing

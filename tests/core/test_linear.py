@@ -28,7 +28,10 @@ def test_linear_is_an_nnx_linear_with_the_same_forward_and_gradients():
     assert isinstance(layer, nnx.Linear)
     x = jnp.asarray(np.random.default_rng(1).standard_normal((4, 3, 8)), jnp.bfloat16)
     np.testing.assert_array_equal(layer(x), plain(x))  # forward untouched, any dtype
-    loss = lambda m: jnp.sum(m(x.astype(jnp.float32)) ** 2)
+
+    def loss(m):
+        return jnp.sum(m(x.astype(jnp.float32)) ** 2)
+
     ours, reference = nnx.grad(loss)(layer), nnx.grad(loss)(plain)
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -18,7 +18,9 @@ def draw(seed=0, rows=400, length=128):
     token_ids[~valid] = 0  # [PAD]
     special = np.isin(token_ids, SPECIALS) | ~valid
     masked = jax.jit(
-        lambda ids, sp, key: mask_tokens(ids, sp, key, mask_token_id=MASK_ID, vocab_size=VOCAB, special_token_ids=SPECIALS)
+        lambda ids, sp, key: mask_tokens(
+            ids, sp, key, mask_token_id=MASK_ID, vocab_size=VOCAB, special_token_ids=SPECIALS
+        )
     )(jnp.asarray(token_ids), jnp.asarray(special), jax.random.key(seed))
     return token_ids, special, masked
 

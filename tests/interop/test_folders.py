@@ -11,13 +11,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from hf_reference import CASES, FIXTURES, assert_parity, flaxen_outputs, hf_outputs, image_inputs, text_inputs
 from safetensors.numpy import load_file, save_file
 
 from flaxen import (
-    GPT, Bert, BertConfig, BertForMaskedLM, BertForSequenceClassification, GPTConfig, GPTForCausalLM,
-    GPTForSequenceClassification, ViT, ViTConfig, ViTForImageClassification,
+    GPT,
+    Bert,
+    BertConfig,
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    GPTConfig,
+    GPTForCausalLM,
+    GPTForSequenceClassification,
+    ViT,
+    ViTConfig,
+    ViTForImageClassification,
 )
-from hf_reference import CASES, FIXTURES, assert_parity, flaxen_outputs, hf_outputs, image_inputs, text_inputs
 
 # Hugging Face folders whose every tensor has a place in the flaxen class (ViTModel's pooler has none).
 ROUND_TRIP_CASES = [name for name in CASES if name != "vit-model-interpolated"]
@@ -56,7 +65,9 @@ def native_model(name):
     model_class, config = NATIVE_MODELS[name]
     model = model_class(config, rngs=nnx.Rngs(1))
     rng = np.random.default_rng(2)
-    nnx.update(model, jax.tree.map(lambda x: x + 0.05 * rng.standard_normal(x.shape, np.float32), nnx.state(model, nnx.Param)))
+    nnx.update(
+        model, jax.tree.map(lambda x: x + 0.05 * rng.standard_normal(x.shape, np.float32), nnx.state(model, nnx.Param))
+    )
     model.eval()
     return model
 
@@ -109,7 +120,9 @@ def test_transformers_loads_our_hf_save_without_warnings_and_agrees(name, tmp_pa
     expected_missing = {"pooler.dense.weight", "pooler.dense.bias"} if name == "ViT" else set()
     assert set(info["missing_keys"]) == expected_missing
     assert not info["unexpected_keys"] and not info["mismatched_keys"] and not info["error_msgs"]
-    weight_messages = [r.getMessage() for r in records if any(w in r.getMessage() for w in ("weight", "initialized", "not used"))]
+    weight_messages = [
+        r.getMessage() for r in records if any(w in r.getMessage() for w in ("weight", "initialized", "not used"))
+    ]
     assert bool(weight_messages) == (name == "ViT"), weight_messages
 
     inputs = native_inputs(model)
@@ -159,11 +172,13 @@ def test_a_head_missing_from_the_folder_starts_fresh_with_a_warning():
     folder = FIXTURES / "bert-model"  # BertModel: backbone and pooler, no classifier
     model, messages = load_recording_warnings(BertForSequenceClassification, folder, num_labels=2)
     assert messages == [
-        f"BertForSequenceClassification.from_pretrained({str(folder)!r}): classifier not in the folder, so freshly initialised; "
-        "train before use"
+        f"BertForSequenceClassification.from_pretrained({str(folder)!r}): "
+        "classifier not in the folder, so freshly initialised; train before use"
     ]
     eager = BertForSequenceClassification(model.config, rngs=nnx.Rngs(0))  # the default rngs, initialised eagerly
-    np.testing.assert_allclose(model.classifier.kernel[...], eager.classifier.kernel[...], rtol=1e-6)  # jit vs eager: last bit
+    np.testing.assert_allclose(
+        model.classifier.kernel[...], eager.classifier.kernel[...], rtol=1e-6
+    )  # jit vs eager: last bit
     backbone = Bert.from_pretrained(folder)
     assert_same_tensors(params(model.bert), params(backbone))
 
@@ -200,7 +215,10 @@ def test_a_sharded_checkpoint_with_an_index_loads(tmp_path):
         save_file({n: tensors[n] for n in shard}, tmp_path / file, metadata={"format": "pt"})
     weight_map = {n: file for file, shard in shards.items() for n in shard}
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    assert_same_tensors(params(BertForMaskedLM.from_pretrained(tmp_path)), params(BertForMaskedLM.from_pretrained(FIXTURES / "bert-mlm")))
+    assert_same_tensors(
+        params(BertForMaskedLM.from_pretrained(tmp_path)),
+        params(BertForMaskedLM.from_pretrained(FIXTURES / "bert-mlm")),
+    )
 
 
 def test_bare_backbone_checkpoints_without_the_prefix_load(tmp_path):
@@ -208,7 +226,9 @@ def test_bare_backbone_checkpoints_without_the_prefix_load(tmp_path):
     shutil.copy(FIXTURES / "gpt2-lm" / "config.json", tmp_path)
     tensors = load_file(FIXTURES / "gpt2-lm" / "model.safetensors")
     save_file({n.removeprefix("transformer."): t for n, t in tensors.items()}, tmp_path / "model.safetensors")
-    assert_same_tensors(params(GPT.from_pretrained(tmp_path)), params(GPTForCausalLM.from_pretrained(FIXTURES / "gpt2-lm").gpt))
+    assert_same_tensors(
+        params(GPT.from_pretrained(tmp_path)), params(GPTForCausalLM.from_pretrained(FIXTURES / "gpt2-lm").gpt)
+    )
 
 
 def test_bfloat16_checkpoints_load_as_float32(tmp_path):
@@ -231,7 +251,12 @@ def test_a_pytorch_bin_only_folder_is_refused_with_the_conversion_command(tmp_pa
 
 def test_bert_special_ids_come_from_the_folder_tokenizer(tmp_path):
     shutil.copytree(FIXTURES / "bert-mlm", tmp_path, dirs_exist_ok=True)
-    vocab = ["[PAD]"] + [f"[unused{i}]" for i in range(9)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(85)]
+    vocab = (
+        ["[PAD]"]
+        + [f"[unused{i}]" for i in range(9)]
+        + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        + [f"w{i}" for i in range(85)]
+    )
     (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
     config = BertForMaskedLM.from_pretrained(tmp_path).config
     assert (config.pad_token_id, config.mask_token_id, config.special_token_ids) == (0, 13, (0, 10, 11, 12, 13))
@@ -242,7 +267,9 @@ def test_bert_special_ids_come_from_the_folder_tokenizer(tmp_path):
 
 
 def test_a_folder_of_another_family_is_refused():
-    expected = r"holds a Hugging Face 'vit' model \(ViTForImageClassification\); BertForMaskedLM reads model_type 'bert'"
+    expected = (
+        r"holds a Hugging Face 'vit' model \(ViTForImageClassification\); BertForMaskedLM reads model_type 'bert'"
+    )
     with pytest.raises(ValueError, match=expected):
         BertForMaskedLM.from_pretrained(FIXTURES / "vit-classifier")
 
@@ -271,7 +298,10 @@ def test_a_folder_of_another_size_reports_every_shape(tmp_path):
     with pytest.raises(ValueError) as error:
         BertForSequenceClassification.from_pretrained(tmp_path)
     message = str(error.value)
-    assert "bert.encoder.layer.0.intermediate.dense.weight: (32, 64) in the folder, (32, 48) in BertForSequenceClassification" in message
+    assert (
+        "bert.encoder.layer.0.intermediate.dense.weight: (32, 64) in the folder, "
+        "(32, 48) in BertForSequenceClassification" in message
+    )
     assert "bert.encoder.layer.1.attention.self.query.weight" in message  # layer 1 has no place in a 1-layer model
 
 
@@ -286,7 +316,9 @@ def test_hugging_face_settings_flaxen_does_not_implement_are_refused(tmp_path):
     shutil.copytree(FIXTURES / "bert-model", tmp_path, dirs_exist_ok=True)
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps(config | {"position_embedding_type": "relative_key"}))
-    with pytest.raises(ValueError, match="position_embedding_type = 'relative_key' \\(flaxen implements only 'absolute'\\)"):
+    with pytest.raises(
+        ValueError, match="position_embedding_type = 'relative_key' \\(flaxen implements only 'absolute'\\)"
+    ):
         Bert.from_pretrained(tmp_path)
 
 

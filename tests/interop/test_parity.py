@@ -72,11 +72,17 @@ def test_real_minilm_sentence_embeddings_match_transformers():
     ]
     assert not [w for w in caught if "fresh" in str(w.message)]
     assert (model.config.hidden_size, model.config.num_layers, model.config.vocab_size) == (384, 6, 30522)
-    assert (model.config.pad_token_id, model.config.mask_token_id, model.config.special_token_ids) == (0, 103, (0, 100, 101, 102, 103))
+    assert (model.config.pad_token_id, model.config.mask_token_id, model.config.special_token_ids) == (
+        0,
+        103,
+        (0, 100, 101, 102, 103),
+    )
 
     reference = transformers.BertModel.from_pretrained(folder).eval()
     with torch.no_grad():
-        hf_output = reference(input_ids=torch.from_numpy(token_ids).long(), attention_mask=torch.from_numpy(padding_mask).long())
+        hf_output = reference(
+            input_ids=torch.from_numpy(token_ids).long(), attention_mask=torch.from_numpy(padding_mask).long()
+        )
     hf_hidden = hf_output.last_hidden_state.numpy()
     hidden = np.asarray(model(token_ids, padding_mask.astype(bool)))
 

@@ -10,8 +10,14 @@ import pytest
 from flax import nnx
 
 from flaxen import (
-    BertConfig, BertForMaskedLM, BertForSequenceClassification, GPTConfig, GPTForCausalLM,
-    GPTForSequenceClassification, ViTConfig, ViTForImageClassification,
+    BertConfig,
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    GPTConfig,
+    GPTForCausalLM,
+    GPTForSequenceClassification,
+    ViTConfig,
+    ViTForImageClassification,
 )
 
 BATCH, LENGTH = 3, 12
@@ -31,7 +37,10 @@ def token_batch(vocab_size, *, labels=None, seed=0):
 def image_batch(config, seed=0):
     rng = np.random.default_rng(seed)
     images = rng.normal(size=(BATCH, config.image_size, config.image_size, config.channels)).astype(np.float32)
-    return {"images": jnp.asarray(images), "labels": jnp.asarray(rng.integers(0, config.num_labels, (BATCH,), dtype=np.int32))}
+    return {
+        "images": jnp.asarray(images),
+        "labels": jnp.asarray(rng.integers(0, config.num_labels, (BATCH,), dtype=np.int32)),
+    }
 
 
 @dataclasses.dataclass
@@ -53,12 +62,20 @@ def cases():
         "gpt-causal-lm": Case(GPTForCausalLM, gpt, token_batch(gpt.vocab_size), (BATCH, LENGTH, gpt.vocab_size)),
         "gpt-classifier": Case(GPTForSequenceClassification, gpt, token_batch(gpt.vocab_size, labels=2), (BATCH, 2)),
         "bert-mlm": Case(BertForMaskedLM, bert, token_batch(bert.vocab_size), (BATCH, LENGTH, bert.vocab_size)),
-        "bert-classifier": Case(BertForSequenceClassification, bert, token_batch(bert.vocab_size, labels=2), (BATCH, 2)),
-        "vit-pretrain-head": Case(ViTForImageClassification, dataclasses.replace(vit, representation_size=32), image_batch(vit), (BATCH, 10)),
-        "vit-finetune-head": Case(ViTForImageClassification, dataclasses.replace(vit, head_zero_init=True), image_batch(vit), (BATCH, 10)),
+        "bert-classifier": Case(
+            BertForSequenceClassification, bert, token_batch(bert.vocab_size, labels=2), (BATCH, 2)
+        ),
+        "vit-pretrain-head": Case(
+            ViTForImageClassification, dataclasses.replace(vit, representation_size=32), image_batch(vit), (BATCH, 10)
+        ),
+        "vit-finetune-head": Case(
+            ViTForImageClassification, dataclasses.replace(vit, head_zero_init=True), image_batch(vit), (BATCH, 10)
+        ),
         "vit-prelu-grayscale": Case(
-            ViTForImageClassification, dataclasses.replace(vit, activation="prelu", channels=1),
-            image_batch(dataclasses.replace(vit, channels=1)), (BATCH, 10),
+            ViTForImageClassification,
+            dataclasses.replace(vit, activation="prelu", channels=1),
+            image_batch(dataclasses.replace(vit, channels=1)),
+            (BATCH, 10),
         ),
     }
 

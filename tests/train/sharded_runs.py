@@ -16,11 +16,12 @@ import jax
 import numpy as np
 import optax
 from flax import nnx
+
 from flaxen.data import ArrayDataset, DataSplits
 from flaxen.models.gpt import GPTConfig, GPTForCausalLM
 from flaxen.recipes import training_options
-from flaxen.train import ShardingRules, Trainer, adamw, make_mesh, parameter_sharding
 from flaxen.runs import CHECKPOINT_DIR
+from flaxen.train import ShardingRules, Trainer, adamw, make_mesh, parameter_sharding
 from flaxen.train.metrics import read_metrics
 
 jax.config.update("jax_default_matmul_precision", "highest")  # as tests/conftest.py sets it for the 1-device side
@@ -44,13 +45,24 @@ def optimizer():
 def train(out_dir: Path, mesh, *, resume: bool = False) -> tuple[GPTForCausalLM, dict]:
     """Train a fresh tiny GPT for STEPS steps on `mesh` (checkpoints at 3 and 5), or resume the run in `out_dir`."""
     model = GPTForCausalLM(CONFIG, rngs=nnx.Rngs(0))
-    trainer = Trainer(model, optimizer(), out_dir, batch_size=BATCH_SIZE, log_every=1, eval_every=STEPS,
-                      checkpoint_every=CHECKPOINT_EVERY, progress=False, mesh=mesh)
+    trainer = Trainer(
+        model,
+        optimizer(),
+        out_dir,
+        batch_size=BATCH_SIZE,
+        log_every=1,
+        eval_every=STEPS,
+        checkpoint_every=CHECKPOINT_EVERY,
+        progress=False,
+        mesh=mesh,
+    )
     return model, trainer.fit(token_data(), STEPS, resume=resume)
 
 
 def flat_params(model) -> dict[str, jax.Array]:
-    return {"/".join(map(str, path)): variable[...] for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    return {
+        "/".join(map(str, path)): variable[...] for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param))
+    }
 
 
 def save_params(model, path: Path) -> str:
@@ -87,9 +99,13 @@ def main(work_dir: Path, one_device_run: Path) -> dict:
         }
 
     fsdp_mesh = make_mesh(data=1, fsdp=8)
-    resumed, _ = train(copy_at_step(one_device_run, CHECKPOINT_EVERY, work_dir / "resumed-on-8"), fsdp_mesh, resume=True)
-    report["resumed_on_8"] = {"params": save_params(resumed, work_dir / "resumed-on-8.npz"),
-                              "specs": {path: spec_of(value.sharding) for path, value in flat_params(resumed).items()}}
+    resumed, _ = train(
+        copy_at_step(one_device_run, CHECKPOINT_EVERY, work_dir / "resumed-on-8"), fsdp_mesh, resume=True
+    )
+    report["resumed_on_8"] = {
+        "params": save_params(resumed, work_dir / "resumed-on-8.npz"),
+        "specs": {path: spec_of(value.sharding) for path, value in flat_params(resumed).items()},
+    }
 
     params = nnx.state(GPTForCausalLM(CONFIG, rngs=nnx.Rngs(0)), nnx.Param)
     param_shardings = jax.tree.leaves(parameter_sharding(params, fsdp_mesh))
@@ -100,8 +116,13 @@ def main(work_dir: Path, one_device_run: Path) -> dict:
 
     errors = {}
     for case, build in {
-        "batch": lambda: Trainer(GPTForCausalLM(CONFIG, rngs=nnx.Rngs(0)), optimizer(), work_dir / "unused",
-                                 batch_size=12, mesh=make_mesh(data=2, fsdp=4)),
+        "batch": lambda: Trainer(
+            GPTForCausalLM(CONFIG, rngs=nnx.Rngs(0)),
+            optimizer(),
+            work_dir / "unused",
+            batch_size=12,
+            mesh=make_mesh(data=2, fsdp=4),
+        ),
         "mesh": lambda: make_mesh(data=3),
     }.items():
         try:

@@ -17,9 +17,9 @@ import sys
 import jax
 import numpy as np
 import pytest
+import sharded_runs as runs
 from flax import nnx
 
-import sharded_runs as runs
 from flaxen.models.gpt import GPTForCausalLM
 from flaxen.recipes import training_options
 from flaxen.train import load_checkpoint, make_mesh
@@ -35,7 +35,10 @@ def trained(tmp_path_factory):
     environment = os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
     result = subprocess.run(
         [sys.executable, runs.__file__, str(root / "eight"), str(root / "one-device")],
-        env=environment, capture_output=True, text=True, timeout=300,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return {

@@ -3,7 +3,6 @@
 import dataclasses
 import itertools
 import json
-from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -13,9 +12,9 @@ import optax
 import pytest
 from flax import nnx
 
+from flaxen.checkpoints import checkpoint_manager, restore_checkpoint, save_checkpoint
 from flaxen.core.config import ConfigMixin
 from flaxen.train import Trainer, TrainingDiverged, adamw, load_checkpoint
-from flaxen.checkpoints import checkpoint_manager, restore_checkpoint, save_checkpoint
 
 
 @dataclasses.dataclass(frozen=True)

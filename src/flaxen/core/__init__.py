@@ -11,7 +11,22 @@ from flaxen.core.mlm import MaskedTokens, mask_tokens
 from flaxen.core.rng import as_rngs
 
 __all__ = [
-    "MLP", "Activation", "ConfigMixin", "MaskedTokens", "MultiHeadAttention", "PReLU", "PatchEmbedding",
-    "PositionEmbedding", "RReLU", "TransformerBlock", "TransformerConfig", "TransformerStack", "accuracy",
-    "as_rngs", "cross_entropy", "mask_tokens", "masks", "weighted_mean",
+    "MLP",
+    "Activation",
+    "ConfigMixin",
+    "MaskedTokens",
+    "MultiHeadAttention",
+    "PReLU",
+    "PatchEmbedding",
+    "PositionEmbedding",
+    "RReLU",
+    "TransformerBlock",
+    "TransformerConfig",
+    "TransformerStack",
+    "accuracy",
+    "as_rngs",
+    "cross_entropy",
+    "mask_tokens",
+    "masks",
+    "weighted_mean",
 ]

@@ -53,7 +53,9 @@ class RReLU(nnx.Module):
             slope = (self.lower + self.upper) / 2
         else:
             if rngs is None:
-                raise ValueError("RReLU in training mode needs rngs= (a 'dropout' stream); call model.eval() for inference")
+                raise ValueError(
+                    "RReLU in training mode needs rngs= (a 'dropout' stream); call model.eval() for inference"
+                )
             slope = jax.random.uniform(rngs.dropout(), x.shape, x.dtype, self.lower, self.upper)
         return jnp.where(x >= 0, x, slope * x)
 

@@ -57,7 +57,10 @@ class TransformerBlock(nnx.Module):
         """
         attended = self.attention(
             self.attention_norm(x) if self.norm_first else x,
-            mask=mask, is_causal=is_causal, rngs=rngs, output_positions=output_positions,
+            mask=mask,
+            is_causal=is_causal,
+            rngs=rngs,
+            output_positions=output_positions,
         )
         if output_positions is not None:
             x = take_positions(x, output_positions)
@@ -138,7 +141,13 @@ class TransformerStack(nnx.Module):
         return x, cache._replace(keys=tuple(keys), values=tuple(values), index=cache.index + x.shape[1])
 
     def _call_transformed(
-        self, x: jax.Array, mask, is_causal: bool, rngs: nnx.Rngs | None, *, return_hidden_states: bool,
+        self,
+        x: jax.Array,
+        mask,
+        is_causal: bool,
+        rngs: nnx.Rngs | None,
+        *,
+        return_hidden_states: bool,
         output_positions,
     ) -> tuple[jax.Array, list[jax.Array]]:
         """The blocks as pure functions of their parameters, rematerialised and/or scanned."""

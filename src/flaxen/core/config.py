@@ -42,8 +42,7 @@ class ConfigMixin:
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise ValueError(
-                f"{cls.__name__} has no field(s) {', '.join(unknown)}; "
-                f"known fields are: {', '.join(known)}"
+                f"{cls.__name__} has no field(s) {', '.join(unknown)}; known fields are: {', '.join(known)}"
             )
         kwargs = {name: tuple(v) if isinstance(v, list) else v for name, v in values.items()}
         return cls(**kwargs)

@@ -32,7 +32,9 @@ class PatchEmbedding(nnx.Module):
 
     def __init__(self, patch_size: int, channels: int, features: int, *, rngs: nnx.Rngs, kernel_init, dtype=None):
         self.patch_size = patch_size
-        self.projection = Linear(patch_size * patch_size * channels, features, kernel_init=kernel_init, dtype=dtype, rngs=rngs)
+        self.projection = Linear(
+            patch_size * patch_size * channels, features, kernel_init=kernel_init, dtype=dtype, rngs=rngs
+        )
 
     def __call__(self, images: jax.Array) -> jax.Array:
         p = self.patch_size

@@ -15,7 +15,9 @@ class KVCache(NamedTuple):
     index: jax.Array  # int32 scalar: where the next token is written
 
     @classmethod
-    def empty(cls, *, num_layers: int, batch: int, length: int, num_heads: int, head_dim: int, dtype=jnp.float32) -> KVCache:
+    def empty(
+        cls, *, num_layers: int, batch: int, length: int, num_heads: int, head_dim: int, dtype=jnp.float32
+    ) -> KVCache:
         """A zeroed cache of `length` positions."""
         keys = tuple(jnp.zeros((batch, num_heads, head_dim, length), dtype) for _ in range(num_layers))
         values = tuple(jnp.zeros((batch, num_heads, length, head_dim), dtype) for _ in range(num_layers))

@@ -39,8 +39,14 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_t
     plain_linear = dimension_numbers == (((lhs.ndim - 1,), (0,)), ((), ())) and rhs.ndim == 2
     if plain_linear and precision is None and preferred_element_type is None and out_sharding is None:
         return matmul(lhs, rhs)
-    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                               preferred_element_type=preferred_element_type, out_sharding=out_sharding)
+    return jax.lax.dot_general(
+        lhs,
+        rhs,
+        dimension_numbers,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+        out_sharding=out_sharding,
+    )
 
 
 def Linear(in_features: int, out_features: int, **kwargs) -> nnx.Linear:  # noqa: N802 (a constructor)

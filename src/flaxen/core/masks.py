@@ -6,7 +6,9 @@ import jax
 import jax.numpy as jnp
 
 
-def causal(query_length: int, key_length: int | None = None, *, query_offset: jax.Array | int | None = None) -> jax.Array:
+def causal(
+    query_length: int, key_length: int | None = None, *, query_offset: jax.Array | int | None = None
+) -> jax.Array:
     """(1, 1, T, S): query i (at absolute position query_offset + i) may see keys at positions up to its own.
 
     By default the queries are the last T of the S key positions.
@@ -22,7 +24,9 @@ def causal_at(query_positions: jax.Array, key_length: int) -> jax.Array:
     return (jnp.arange(key_length)[None, None, :] <= query_positions[:, :, None])[:, None]
 
 
-def padding(valid: jax.Array | None = None, *, lengths: jax.Array | None = None, key_length: int | None = None) -> jax.Array:
+def padding(
+    valid: jax.Array | None = None, *, lengths: jax.Array | None = None, key_length: int | None = None
+) -> jax.Array:
     """(B, 1, 1, S) from a (B, S) validity mask, or from per-row `lengths` and `key_length`."""
     if (valid is None) == (lengths is None):
         raise ValueError("padding() takes either a (B, S) validity mask or lengths=, not both or neither")
@@ -33,7 +37,9 @@ def padding(valid: jax.Array | None = None, *, lengths: jax.Array | None = None,
     return jnp.asarray(valid, dtype=bool)[:, None, None, :]
 
 
-def random(key: jax.Array, shape: tuple[int, int, int, int], drop_rate: float, *, query_positions: jax.Array | None = None) -> jax.Array:
+def random(
+    key: jax.Array, shape: tuple[int, int, int, int], drop_rate: float, *, query_positions: jax.Array | None = None
+) -> jax.Array:
     """(B, N, T, S): drop each key with probability `drop_rate`, but every query row keeps its own position.
 
     The queries are the last T of the S key positions, or at the (B, T) absolute `query_positions`.

@@ -61,7 +61,9 @@ def mask_tokens(
     return MaskedTokens(corrupted, positions, labels, weights)
 
 
-def _random_non_special(key: jax.Array, shape: tuple[int, ...], vocab_size: int, special_token_ids: tuple[int, ...]) -> jax.Array:
+def _random_non_special(
+    key: jax.Array, shape: tuple[int, ...], vocab_size: int, special_token_ids: tuple[int, ...]
+) -> jax.Array:
     specials = sorted(set(special_token_ids))
     draws = jax.random.randint(key, shape, 0, vocab_size - len(specials), dtype=jnp.int32)
     for special in specials:  # shift past each special id in ascending order: a bijection onto the non-special ids

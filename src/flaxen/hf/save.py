@@ -39,7 +39,9 @@ def flaxen_weights_bytes(model: nnx.Module) -> bytes:
 
 def flaxen_params(model: nnx.Module) -> dict[str, np.ndarray]:
     """Every parameter as a numpy array, keyed by its dotted nnx path."""
-    return {dotted(path): np.asarray(variable[...]) for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    return {
+        dotted(path): np.asarray(variable[...]) for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param))
+    }
 
 
 def _contiguous(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -94,7 +94,9 @@ class ParamsTable:
     tensors: dict[str, tuple[str, Transform]]  # Hugging Face name -> (our parameter path, transform)
     heads: tuple[str, ...] = ()  # our paths of optional heads: fresh when the folder lacks them, skipped when unwanted
     ignored: dict[str, str] = dataclasses.field(default_factory=dict)  # Hugging Face names we have no place for -> why
-    computed_defaults: dict[str, Callable[[dict], Any]] = dataclasses.field(default_factory=dict)  # for null/absent keys
+    computed_defaults: dict[str, Callable[[dict], Any]] = dataclasses.field(
+        default_factory=dict
+    )  # for null/absent keys
     required: dict[str, Any] = dataclasses.field(default_factory=dict)  # Hugging Face settings we implement only so
     tokenizer_fields: dict[str, str | tuple[str, ...]] = dataclasses.field(default_factory=dict)  # field -> token(s)
 

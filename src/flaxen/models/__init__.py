@@ -11,14 +11,23 @@ from flaxen.models.vit import ViT, ViTConfig, ViTForImageClassification
 MODEL_CLASSES = {
     cls.__name__: cls
     for cls in (
-        GPT, GPTForCausalLM, GPTForSequenceClassification,
-        Bert, BertForMaskedLM, BertForSequenceClassification,
-        ViT, ViTForImageClassification,
+        GPT,
+        GPTForCausalLM,
+        GPTForSequenceClassification,
+        Bert,
+        BertForMaskedLM,
+        BertForSequenceClassification,
+        ViT,
+        ViTForImageClassification,
     )
 }
 CONFIG_CLASSES = {cls.__name__: cls for cls in (GPTConfig, BertConfig, ViTConfig)}
 # A flaxen model folder records only its config; these are the classes its weights most often belong to.
-DEFAULT_MODEL_CLASS = {"GPTConfig": GPTForCausalLM, "BertConfig": BertForMaskedLM, "ViTConfig": ViTForImageClassification}
+DEFAULT_MODEL_CLASS = {
+    "GPTConfig": GPTForCausalLM,
+    "BertConfig": BertForMaskedLM,
+    "ViTConfig": ViTForImageClassification,
+}
 
 
 def model_class_named(name: str | None) -> type:

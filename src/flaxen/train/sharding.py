@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -53,11 +54,15 @@ def make_mesh(data: int = -1, fsdp: int = 1, *, devices: Sequence[jax.Device] | 
     if -1 in (data, fsdp):
         axis, size = (FSDP_AXIS, fsdp) if data == -1 else (DATA_AXIS, data)
         if count % size:
-            raise ValueError(f"{axis}={size} does not divide the {count} available devices; choose a divisor of {count}")
+            raise ValueError(
+                f"{axis}={size} does not divide the {count} available devices; choose a divisor of {count}"
+            )
         data, fsdp = (count // fsdp, fsdp) if data == -1 else (data, count // data)
     elif data * fsdp != count:
-        raise ValueError(f"a data={data} × fsdp={fsdp} mesh needs {data * fsdp} devices but {count} are available; "
-                         f"choose sizes whose product is {count}, or -1 for one of them")
+        raise ValueError(
+            f"a data={data} × fsdp={fsdp} mesh needs {data * fsdp} devices but {count} are available; "
+            f"choose sizes whose product is {count}, or -1 for one of them"
+        )
     # Auto axes: XLA's SPMD partitioner places the collectives, so model code needs no sharding annotations.
     return jax.make_mesh((data, fsdp), (DATA_AXIS, FSDP_AXIS), axis_types=(AxisType.Auto,) * 2, devices=devices)
 

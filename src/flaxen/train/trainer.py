@@ -10,8 +10,9 @@ import dataclasses
 import itertools
 import json
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple, Protocol, TextIO
+from typing import Any, NamedTuple, Protocol, TextIO
 
 import jax
 import jax.numpy as jnp
@@ -229,8 +230,12 @@ class Trainer:
             for step in range(start.step, steps):
                 host_batch = next(batches)
                 state.params, state.opt_state, state.non_params, metrics = self._train_step(
-                    state.params, state.opt_state, state.non_params,
-                    jax.device_put(host_batch, self._batch_sharding), train_key, step,
+                    state.params,
+                    state.opt_state,
+                    state.non_params,
+                    jax.device_put(host_batch, self._batch_sharding),
+                    train_key,
+                    step,
                 )
                 window.append(metrics)
                 window_items += _count_items(host_batch)
@@ -265,8 +270,13 @@ class Trainer:
                     if not _all_finite(state.params):  # an update can overflow even when its loss was finite
                         raise _diverged(done, "the parameters hold NaN or Inf", manager)
                     save_checkpoint(
-                        manager, done, nnx.merge_state(state.params, state.non_params), state.opt_state,
-                        seed=start.seed, elapsed=elapsed(), validation_loss=validation_loss,
+                        manager,
+                        done,
+                        nnx.merge_state(state.params, state.non_params),
+                        state.opt_state,
+                        seed=start.seed,
+                        elapsed=elapsed(),
+                        validation_loss=validation_loss,
                     )
                 bar.set_postfix(postfix, refresh=False)
                 window_start += time.perf_counter() - pause_start  # evaluation and saving are not training time
@@ -280,7 +290,9 @@ class Trainer:
     def _evaluate(self, params: nnx.State, non_params: nnx.State, dataset: Dataset, key: jax.Array) -> dict[str, float]:
         batches = itertools.islice(dataset.epoch_batches(self.batch_size), self.eval_batches)
         results = [
-            self._eval_step(params, non_params, jax.device_put(batch, self._batch_sharding), jax.random.fold_in(key, index))
+            self._eval_step(
+                params, non_params, jax.device_put(batch, self._batch_sharding), jax.random.fold_in(key, index)
+            )
             for index, batch in enumerate(batches)
         ]
         results = jax.device_get(results)
@@ -301,7 +313,8 @@ def _make_train_step(
     batch_sharding: NamedSharding,
     augment: Callable | None = None,
 ) -> Callable:
-    """A jitted pure step (params, opt_state, non_params, batch, base_key, step) -> (params, opt_state, non_params, metrics).
+    """A jitted pure step (params, opt_state, non_params, batch, base_key, step)
+    -> (params, opt_state, non_params, metrics).
 
     Inputs and outputs carry their mesh shardings, so XLA's SPMD partitioner inserts the collectives.
     """
@@ -340,7 +353,8 @@ def _make_train_step(
 def _make_eval_step(
     graphdef: nnx.GraphDef, compute_dtype, state_sharding: _TrainState, batch_sharding: NamedSharding
 ) -> Callable:
-    """A jitted step (params, non_params, batch, key) -> (metrics, weight), weight = number of real rows in the batch."""
+    """A jitted step (params, non_params, batch, key) -> (metrics, weight),
+    weight = number of real rows in the batch."""
 
     def eval_step(params, non_params, batch, key):
         model = nnx.merge(graphdef, _cast_floats(params, compute_dtype), non_params)

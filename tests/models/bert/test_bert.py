@@ -54,7 +54,9 @@ def test_pooler_is_tanh_of_a_dense_layer_on_cls():
 def test_mlm_decoder_is_tied_to_the_word_embedding():
     mlm = model(BertForMaskedLM)
     flat = nnx.to_flat_state(nnx.state(mlm, nnx.Param))
-    assert [p for p, v in flat if v.shape == (CONFIG.vocab_size, CONFIG.hidden_size)] == [("bert", "token_embedding", "embedding")]
+    assert [p for p, v in flat if v.shape == (CONFIG.vocab_size, CONFIG.hidden_size)] == [
+        ("bert", "token_embedding", "embedding")
+    ]
     assert not any("pooler" in p for p, _ in flat)
 
 
@@ -68,8 +70,14 @@ def test_mlm_loss_scores_only_the_masked_slots():
     from flaxen.core.mlm import mask_tokens
 
     special = jnp.isin(token_ids, jnp.asarray(CONFIG.special_token_ids)) | ~padding_mask
-    masked = mask_tokens(token_ids, special, jax.random.key(0), mask_token_id=CONFIG.mask_token_id,
-                         vocab_size=CONFIG.vocab_size, special_token_ids=CONFIG.special_token_ids)
+    masked = mask_tokens(
+        token_ids,
+        special,
+        jax.random.key(0),
+        mask_token_id=CONFIG.mask_token_id,
+        vocab_size=CONFIG.vocab_size,
+        special_token_ids=CONFIG.special_token_ids,
+    )
     log_probs = jax.nn.log_softmax(mlm(masked.token_ids, padding_mask))
     at_slots = jnp.take_along_axis(log_probs, masked.positions[..., None], axis=1)
     nll = -jnp.take_along_axis(at_slots, masked.labels[..., None], axis=-1)[..., 0]

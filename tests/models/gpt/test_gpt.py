@@ -60,13 +60,17 @@ def test_classifier_pools_each_rows_last_real_token():
     np.testing.assert_allclose(classifier(padded, padding_mask), classifier(token_ids), atol=1e-5, rtol=1e-5)
     lengths = jnp.array([4, 10])
     ragged_mask = jnp.arange(10)[None, :] < lengths[:, None]
-    np.testing.assert_allclose(classifier(token_ids, ragged_mask)[0], classifier(token_ids[:1, :4])[0], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(
+        classifier(token_ids, ragged_mask)[0], classifier(token_ids[:1, :4])[0], atol=1e-5, rtol=1e-5
+    )
 
 
 def test_output_embedding_is_the_input_embedding():
     lm = model()
     params = nnx.state(lm, nnx.Param)
-    embedding_like = [path for path, v in nnx.to_flat_state(params) if v.shape == (CONFIG.vocab_size, CONFIG.hidden_size)]
+    embedding_like = [
+        path for path, v in nnx.to_flat_state(params) if v.shape == (CONFIG.vocab_size, CONFIG.hidden_size)
+    ]
     assert embedding_like == [("gpt", "token_embedding", "embedding")]
     token_ids = random_ids((1, 5))
     hidden = lm.gpt(token_ids)
@@ -119,6 +123,7 @@ def test_bad_configs_are_refused():
         GPTConfig.from_dict({"hidden_size": 64, "n_embd": 64})
     with pytest.raises(ValueError, match="holds a BertConfig"):
         from flaxen import BertConfig
+
         GPTConfig.from_json(BertConfig.tiny().to_json())
 
 

@@ -33,17 +33,38 @@ class BertConfig(TransformerConfig):
     mask_rate: float = 0.15
 
     PRESETS: ClassVar = {
-        "tiny": ("2 layers, 64 wide: for tests", {
-            "vocab_size": 512, "max_positions": 64, "hidden_size": 64, "num_layers": 2, "num_heads": 4, "mlp_dim": 256,
-        }),
-        "small": ("4 layers, 256 wide, 128 positions: trains on a CPU in minutes", {
-            "vocab_size": 8192, "max_positions": 128, "hidden_size": 256, "num_layers": 4, "num_heads": 4,
-            "mlp_dim": 1024,
-        }),
-        "bert_base": ("BERT-base, 110M, with the bert-base-uncased vocabulary's special ids", {
-            "vocab_size": 30522, "max_positions": 512, "pad_token_id": 0, "mask_token_id": 103,
-            "special_token_ids": (0, 100, 101, 102, 103),
-        }),
+        "tiny": (
+            "2 layers, 64 wide: for tests",
+            {
+                "vocab_size": 512,
+                "max_positions": 64,
+                "hidden_size": 64,
+                "num_layers": 2,
+                "num_heads": 4,
+                "mlp_dim": 256,
+            },
+        ),
+        "small": (
+            "4 layers, 256 wide, 128 positions: trains on a CPU in minutes",
+            {
+                "vocab_size": 8192,
+                "max_positions": 128,
+                "hidden_size": 256,
+                "num_layers": 4,
+                "num_heads": 4,
+                "mlp_dim": 1024,
+            },
+        ),
+        "bert_base": (
+            "BERT-base, 110M, with the bert-base-uncased vocabulary's special ids",
+            {
+                "vocab_size": 30522,
+                "max_positions": 512,
+                "pad_token_id": 0,
+                "mask_token_id": 103,
+                "special_token_ids": (0, 100, 101, 102, 103),
+            },
+        ),
     }
 
     @classmethod
@@ -70,7 +91,9 @@ class Bert(PretrainedMixin, nnx.Module):
         init, dtype, width = config.weight_init(), config.compute_dtype, config.hidden_size
         self.token_embedding = nnx.Embed(config.vocab_size, width, embedding_init=init, dtype=dtype, rngs=rngs)
         self.position_embedding = PositionEmbedding(config.max_positions, width, init=init, rngs=rngs)
-        self.token_type_embedding = nnx.Embed(config.type_vocab_size, width, embedding_init=init, dtype=dtype, rngs=rngs)
+        self.token_type_embedding = nnx.Embed(
+            config.type_vocab_size, width, embedding_init=init, dtype=dtype, rngs=rngs
+        )
         self.embedding_norm = layer_norm(config, rngs=rngs)
         self.dropout = nnx.Dropout(config.dropout)
         self.stack = TransformerStack(config, norm_first=False, kernel_init=init, out_kernel_init=init, rngs=rngs)
@@ -144,7 +167,9 @@ class BertForMaskedLM(PretrainedMixin, nnx.Module):
         hidden = self.bert(token_ids, padding_mask, token_type_ids, rngs=rngs)
         return self.lm_head(hidden, self.bert.token_embedding, rngs=rngs)
 
-    def loss(self, batch: dict[str, jax.Array], *, rngs: nnx.Rngs | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    def loss(
+        self, batch: dict[str, jax.Array], *, rngs: nnx.Rngs | None = None
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """MLM cross-entropy at `mask_rate` of non-special positions, masked with rngs' `masking` stream.
 
         Without rngs (evaluation) the masking key is fixed, so validation losses are comparable across steps.
@@ -158,8 +183,13 @@ class BertForMaskedLM(PretrainedMixin, nnx.Module):
             special_mask = special_mask | ~padding_mask
         masking_key = rngs.masking() if rngs is not None else jax.random.key(0)
         masked = mask_tokens(
-            token_ids, special_mask, masking_key, mask_token_id=config.mask_token_id, vocab_size=config.vocab_size,
-            special_token_ids=config.special_token_ids, mask_rate=config.mask_rate,
+            token_ids,
+            special_mask,
+            masking_key,
+            mask_token_id=config.mask_token_id,
+            vocab_size=config.vocab_size,
+            special_token_ids=config.special_token_ids,
+            mask_rate=config.mask_rate,
         )
         # The last layer, like the head, runs only at the prediction slots: (B, P, D).
         slots = self.bert(
@@ -189,7 +219,9 @@ class BertForSequenceClassification(PretrainedMixin, nnx.Module):
         pooled = self.bert.pool(cls)
         return self.classifier(self.dropout(pooled, rngs=rngs))
 
-    def loss(self, batch: dict[str, jax.Array], *, rngs: nnx.Rngs | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    def loss(
+        self, batch: dict[str, jax.Array], *, rngs: nnx.Rngs | None = None
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Cross-entropy on `labels`; rows with `weights` 0 (evaluation padding) are not counted."""
         logits = self(batch["token_ids"], batch.get("padding_mask"), batch.get("token_type_ids"), rngs=rngs)
         return loss_and_metrics(logits, batch["labels"], batch.get("weights"))

@@ -42,7 +42,10 @@ BERT = ParamsTable(
         **separate_qkv("bert.encoder.layer.{}.attention.self", "bert.stack.blocks.{}.attention.qkv"),
         "bert.encoder.layer.{}.attention.output.dense.weight": ("bert.stack.blocks.{}.attention.out.kernel", TRANSPOSE),
         "bert.encoder.layer.{}.attention.output.dense.bias": ("bert.stack.blocks.{}.attention.out.bias", IDENTITY),
-        "bert.encoder.layer.{}.attention.output.LayerNorm.weight": ("bert.stack.blocks.{}.attention_norm.scale", IDENTITY),
+        "bert.encoder.layer.{}.attention.output.LayerNorm.weight": (
+            "bert.stack.blocks.{}.attention_norm.scale",
+            IDENTITY,
+        ),
         "bert.encoder.layer.{}.attention.output.LayerNorm.bias": ("bert.stack.blocks.{}.attention_norm.bias", IDENTITY),
         "bert.encoder.layer.{}.intermediate.dense.weight": ("bert.stack.blocks.{}.mlp.fc_in.kernel", TRANSPOSE),
         "bert.encoder.layer.{}.intermediate.dense.bias": ("bert.stack.blocks.{}.mlp.fc_in.bias", IDENTITY),

@@ -19,6 +19,7 @@ from flaxen.core.validation import check_same_shape, check_token_ids
 from flaxen.hf import PretrainedMixin
 from flaxen.models.gpt import params
 
+
 @dataclasses.dataclass(frozen=True)
 class GPTConfig(TransformerConfig):
     vocab_size: int = 50257
@@ -28,17 +29,39 @@ class GPTConfig(TransformerConfig):
     dropout: float = 0.0
 
     PRESETS: ClassVar = {
-        "tiny": ("2 layers, 64 wide: for tests", {
-            "vocab_size": 512, "context_length": 64, "hidden_size": 64, "num_layers": 2, "num_heads": 4, "mlp_dim": 256,
-        }),
-        "small": ("4 layers, 256 wide, context 128: trains on a CPU in minutes", {
-            "vocab_size": 8192, "context_length": 128, "hidden_size": 256, "num_layers": 4, "num_heads": 4,
-            "mlp_dim": 1024,
-        }),
-        "gpt2": ("GPT-2 small, 124M", {
-            "vocab_size": 50257, "context_length": 1024, "hidden_size": 768, "num_layers": 12, "num_heads": 12,
-            "mlp_dim": 3072,
-        }),
+        "tiny": (
+            "2 layers, 64 wide: for tests",
+            {
+                "vocab_size": 512,
+                "context_length": 64,
+                "hidden_size": 64,
+                "num_layers": 2,
+                "num_heads": 4,
+                "mlp_dim": 256,
+            },
+        ),
+        "small": (
+            "4 layers, 256 wide, context 128: trains on a CPU in minutes",
+            {
+                "vocab_size": 8192,
+                "context_length": 128,
+                "hidden_size": 256,
+                "num_layers": 4,
+                "num_heads": 4,
+                "mlp_dim": 1024,
+            },
+        ),
+        "gpt2": (
+            "GPT-2 small, 124M",
+            {
+                "vocab_size": 50257,
+                "context_length": 1024,
+                "hidden_size": 768,
+                "num_layers": 12,
+                "num_heads": 12,
+                "mlp_dim": 3072,
+            },
+        ),
     }
 
     @classmethod
@@ -71,7 +94,9 @@ class GPT(PretrainedMixin, nnx.Module):
         )
         self.position_embedding = PositionEmbedding(config.context_length, width, init=init, rngs=rngs)
         self.dropout = nnx.Dropout(config.dropout)
-        self.stack = TransformerStack(config, norm_first=True, kernel_init=init, out_kernel_init=residual_init, rngs=rngs)
+        self.stack = TransformerStack(
+            config, norm_first=True, kernel_init=init, out_kernel_init=residual_init, rngs=rngs
+        )
         self.final_norm = layer_norm(config, rngs=rngs)
 
     def __call__(
@@ -113,8 +138,12 @@ class GPT(PretrainedMixin, nnx.Module):
         """A zeroed KV cache for `batch` rows of up to `length` positions."""
         config = self.config
         return KVCache.empty(
-            num_layers=config.num_layers, batch=batch, length=length, num_heads=config.num_heads,
-            head_dim=config.head_dim, dtype=config.compute_dtype,
+            num_layers=config.num_layers,
+            batch=batch,
+            length=length,
+            num_heads=config.num_heads,
+            head_dim=config.head_dim,
+            dtype=config.compute_dtype,
         )
 
     def _embed(self, token_ids: jax.Array, positions: jax.Array | None = None) -> jax.Array:
@@ -138,7 +167,9 @@ class GPTForCausalLM(PretrainedMixin, nnx.Module):
         """(B, T) ids -> (B, T, V) logits."""
         return self.gpt.token_embedding.attend(self.gpt(token_ids, padding_mask, rngs=rngs))
 
-    def loss(self, batch: dict[str, jax.Array], *, rngs: nnx.Rngs | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    def loss(
+        self, batch: dict[str, jax.Array], *, rngs: nnx.Rngs | None = None
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Next-token cross-entropy: position t predicts token t+1; padding (if given) is not scored."""
         token_ids = batch["token_ids"]
         padding_mask = batch.get("padding_mask")
@@ -157,7 +188,9 @@ class GPTForSequenceClassification(PretrainedMixin, nnx.Module):
     def __init__(self, config: GPTConfig, *, rngs: nnx.Rngs):
         self.config = config
         self.gpt = GPT(config, rngs=rngs)
-        self.score = Linear(config.hidden_size, config.num_labels, use_bias=False, kernel_init=config.weight_init(), rngs=rngs)
+        self.score = Linear(
+            config.hidden_size, config.num_labels, use_bias=False, kernel_init=config.weight_init(), rngs=rngs
+        )
 
     def __call__(
         self, token_ids: jax.Array, padding_mask: jax.Array | None = None, *, rngs: nnx.Rngs | None = None
@@ -170,7 +203,9 @@ class GPTForSequenceClassification(PretrainedMixin, nnx.Module):
         # The last layer runs only at the position scored (its output elsewhere would be discarded).
         return self.score(self.gpt(token_ids, padding_mask, rngs=rngs, output_positions=last)[:, 0])
 
-    def loss(self, batch: dict[str, jax.Array], *, rngs: nnx.Rngs | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    def loss(
+        self, batch: dict[str, jax.Array], *, rngs: nnx.Rngs | None = None
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Cross-entropy on `labels`; rows with `weights` 0 (evaluation padding) are not counted."""
         logits = self(batch["token_ids"], batch.get("padding_mask"), rngs=rngs)
         return loss_and_metrics(logits, batch["labels"], batch.get("weights"))

@@ -44,14 +44,30 @@ class ViTConfig(TransformerConfig):
     dropout: float = 0.0
 
     PRESETS: ClassVar = {
-        "tiny": ("16×16×3 images in 4×4 patches, 2 layers, 64 wide: for tests", {
-            "image_size": 16, "patch_size": 4, "hidden_size": 64, "num_layers": 2, "num_heads": 4, "mlp_dim": 256,
-            "num_labels": 10,
-        }),
-        "small": ("32×32×3 images in 4×4 patches, 4 layers, 256 wide: trains on a CPU in minutes", {
-            "image_size": 32, "patch_size": 4, "hidden_size": 256, "num_layers": 4, "num_heads": 4, "mlp_dim": 1024,
-            "num_labels": 10,
-        }),
+        "tiny": (
+            "16×16×3 images in 4×4 patches, 2 layers, 64 wide: for tests",
+            {
+                "image_size": 16,
+                "patch_size": 4,
+                "hidden_size": 64,
+                "num_layers": 2,
+                "num_heads": 4,
+                "mlp_dim": 256,
+                "num_labels": 10,
+            },
+        ),
+        "small": (
+            "32×32×3 images in 4×4 patches, 4 layers, 256 wide: trains on a CPU in minutes",
+            {
+                "image_size": 32,
+                "patch_size": 4,
+                "hidden_size": 256,
+                "num_layers": 4,
+                "num_heads": 4,
+                "mlp_dim": 1024,
+                "num_labels": 10,
+            },
+        ),
     }
 
     def __post_init__(self):
@@ -81,9 +97,17 @@ class ViTConfig(TransformerConfig):
         """From a variant string such as "Ti/16", "S/16", "B/32" (width/depth/heads by name, patch size by number)."""
         match = re.fullmatch(r"(\w+?)/(\d+)", variant)
         if match is None or match.group(1) not in VARIANTS:
-            raise ValueError(f"unknown ViT variant {variant!r}; use NAME/PATCH with NAME in {', '.join(VARIANTS)}, e.g. 'S/16'")
+            raise ValueError(
+                f"unknown ViT variant {variant!r}; use NAME/PATCH with NAME in {', '.join(VARIANTS)}, e.g. 'S/16'"
+            )
         width, depth, heads, mlp_dim = VARIANTS[match.group(1)]
-        base = {"hidden_size": width, "num_layers": depth, "num_heads": heads, "mlp_dim": mlp_dim, "patch_size": int(match.group(2))}
+        base = {
+            "hidden_size": width,
+            "num_layers": depth,
+            "num_heads": heads,
+            "mlp_dim": mlp_dim,
+            "patch_size": int(match.group(2)),
+        }
         return cls(**base | overrides)
 
     @classmethod
@@ -147,9 +171,15 @@ class ViT(PretrainedMixin, nnx.Module):
             raise ValueError(f"images must be (batch, height, width, channels), got shape {tuple(images.shape)}")
         _, height, width, channels = images.shape
         if channels != config.channels:
-            raise ValueError(f"images have {channels} channel(s) but the model expects {config.channels}; convert the images or set ViTConfig.channels")
+            raise ValueError(
+                f"images have {channels} channel(s) but the model expects {config.channels}; "
+                "convert the images or set ViTConfig.channels"
+            )
         if height % config.patch_size or width % config.patch_size:
-            raise ValueError(f"image size {height}×{width} is not a multiple of the patch size {config.patch_size}; resize or crop the images")
+            raise ValueError(
+                f"image size {height}×{width} is not a multiple of the patch size {config.patch_size}; "
+                "resize or crop the images"
+            )
         if not allow_other_size and (height, width) != (config.image_size, config.image_size):
             raise ValueError(
                 f"images are {height}×{width} but the model was built for {config.image_size}×{config.image_size}; "
@@ -184,17 +214,24 @@ class ViTForImageClassification(PretrainedMixin, nnx.Module):
         head_init = nnx.initializers.zeros if config.head_zero_init else init
         self.head = Linear(features, config.num_labels, kernel_init=head_init, rngs=rngs)
 
-    def __call__(self, images: jax.Array, *, rngs: nnx.Rngs | None = None, interpolate_position_embeddings: bool = False) -> jax.Array:
+    def __call__(
+        self, images: jax.Array, *, rngs: nnx.Rngs | None = None, interpolate_position_embeddings: bool = False
+    ) -> jax.Array:
         """(B, H, W, C) float images -> (B, num_labels) logits."""
         # The last layer runs only at [CLS], the one position the classifier reads.
         features = self.vit(
-            images, rngs=rngs, interpolate_position_embeddings=interpolate_position_embeddings, output_positions=slice(0, 1),
+            images,
+            rngs=rngs,
+            interpolate_position_embeddings=interpolate_position_embeddings,
+            output_positions=slice(0, 1),
         )[:, 0]
         if self.pre_logits is not None:
             features = jnp.tanh(self.pre_logits(features))
         return self.head(features)
 
-    def loss(self, batch: dict[str, jax.Array], *, rngs: nnx.Rngs | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    def loss(
+        self, batch: dict[str, jax.Array], *, rngs: nnx.Rngs | None = None
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Cross-entropy on `labels`; rows with `weights` 0 (evaluation padding) are not counted."""
         logits = self(batch["images"], rngs=rngs)
         return loss_and_metrics(logits, batch["labels"], batch.get("weights"))
@@ -206,7 +243,9 @@ def to_finetune(
     """A finetune model from a pretrained one: same backbone, no pre-logits, a zero-initialised head for
     `num_labels`, and position embeddings resampled (not cropped) for `image_size`."""
     old = model.config
-    config = old.replace(num_labels=num_labels, image_size=image_size or old.image_size, representation_size=None, head_zero_init=True)
+    config = old.replace(
+        num_labels=num_labels, image_size=image_size or old.image_size, representation_size=None, head_zero_init=True
+    )
     finetune = ViTForImageClassification(config, rngs=rngs)
     nnx.update(finetune.vit, nnx.state(model.vit, nnx.Param))
     grid = (config.grid_size, config.grid_size)

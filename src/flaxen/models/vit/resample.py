@@ -12,8 +12,13 @@ _CUBIC_A = -0.75  # PyTorch's bicubic coefficient (Keys' kernel); jax.image uses
 def _cubic_weights(t: np.ndarray) -> np.ndarray:
     """(n,) fractional offsets -> (n, 4) weights for the taps at floor-1 .. floor+2."""
     a = _CUBIC_A
-    near = lambda x: ((a + 2) * x - (a + 3)) * x * x + 1
-    far = lambda x: ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    def near(x):
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
     return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=1)
 
 
