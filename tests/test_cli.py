@@ -238,3 +238,10 @@ def test_a_run_folder_loads_with_from_pretrained_as_its_final_weights(workspace)
         )
         from_checkpoint = load_run(workspace[name], step=final_step).model
         np.testing.assert_array_equal(cls.from_pretrained(workspace[name])(inputs), from_checkpoint(inputs))
+
+
+def test_an_empty_labels_list_means_every_label():
+    from flaxen.cli import build_parser
+
+    assert build_parser().parse_args(["finetune", "bert", "--labels", ""]).labels is None
+    assert build_parser().parse_args(["finetune", "bert", "--labels", "neg,pos"]).labels == ["neg", "pos"]

@@ -104,3 +104,9 @@ def test_bad_requests_are_refused(model):
         generate_ids(model, np.ones((1, 60), np.int32), max_new_tokens=10)
     with pytest.raises(ValueError, match="left-padded"):
         generate_ids(model, np.ones((1, 4), np.int32), np.array([[1, 1, 1, 0]], bool), max_new_tokens=2)
+
+
+def test_decoding_asks_for_eval_mode():
+    gpt = GPTForCausalLM(GPTConfig.tiny(), rngs=nnx.Rngs(0)).gpt  # a new model is in training mode
+    with pytest.raises(ValueError, match="decoding runs in eval mode"):
+        gpt.decode(jnp.ones((1, 2), jnp.int32), gpt.empty_cache(1, 4), positions=jnp.arange(2)[None])

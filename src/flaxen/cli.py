@@ -28,8 +28,8 @@ COMMAND_HELP = {
 }
 
 
-def _comma_separated(text: str) -> list[str]:
-    return text.split(",")
+def _comma_separated(text: str) -> list[str] | None:
+    return text.split(",") if text else None  # an empty --labels means not given
 
 
 def _text_file_arguments(parser: argparse.ArgumentParser, recipe, *, tokenizer: str) -> None:
@@ -116,7 +116,7 @@ DATA_ARGUMENTS = {
 
 def _training_arguments(parser: argparse.ArgumentParser, recipe) -> None:
     default = recipe.default
-    presets = recipe.config_class.preset_help()
+    presets = recipe.config_class.preset_help() + (f" ({recipe.preset_note})" if recipe.preset_note else "")
     parser.add_argument("--preset", default=default("preset"), help=f"model size: {presets} (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=default("steps"), help="training steps (default: %(default)s)")
     parser.add_argument(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from flax import nnx
 
-from flaxen.hf import read_config_file
+from flaxen.hf import CONFIG_FILE, read_config_file
 from flaxen.models import DEFAULT_MODEL_CLASS, MODEL_CLASSES, model_class_named
 from flaxen.runs import is_run_folder, load_run, read_run_file
 from flaxen.text.tokenizer import HF_TOKENIZER_FILES
@@ -20,6 +20,10 @@ def model_class_for(folder: str | Path, model_class: str | None = None) -> type:
         return model_class_named(model_class)
     if is_run_folder(folder):
         return model_class_named(read_run_file(folder)["model_class"])
+    if not (folder / CONFIG_FILE).is_file():
+        raise ValueError(
+            f"{folder} has no {CONFIG_FILE}; give a Hugging Face model folder or a flaxen run/model folder"
+        )
     config = read_config_file(folder)
     if "config_class" in config:
         return DEFAULT_MODEL_CLASS[config["config_class"]]
@@ -29,8 +33,7 @@ def model_class_for(folder: str | Path, model_class: str | None = None) -> type:
             return cls
     raise ValueError(
         f"{folder} holds {', '.join(architectures) or 'a model without architectures in its config.json'}, "
-        "which flaxen "
-        f"does not map; pass the flaxen class to load it as (one of {', '.join(MODEL_CLASSES)})"
+        f"which flaxen does not map; pass the flaxen class to load it as (one of {', '.join(MODEL_CLASSES)})"
     )
 
 

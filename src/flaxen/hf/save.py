@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 from flax import nnx
-from safetensors.numpy import save, save_file
+from safetensors.numpy import save_file
 
 from flaxen.hf.load import CONFIG_FILE, WEIGHTS_FILE
 from flaxen.hf.table import activation_to_hf, backbone_prefix, dotted
@@ -32,9 +32,9 @@ def save_pretrained(model: nnx.Module, folder: Path, format: str) -> Path:
     return folder
 
 
-def flaxen_weights_bytes(model: nnx.Module) -> bytes:
-    """The model's parameters under flaxen's names, as the bytes of a safetensors file."""
-    return save(_contiguous(flaxen_params(model)), metadata={"format": "flaxen"})
+def save_flaxen_weights(model: nnx.Module, file: Path) -> None:
+    """The model's parameters under flaxen's names in one safetensors file (no config.json)."""
+    save_file(_contiguous(flaxen_params(model)), file, metadata={"format": "flaxen"})
 
 
 def flaxen_params(model: nnx.Module) -> dict[str, np.ndarray]:

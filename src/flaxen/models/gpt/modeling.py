@@ -129,6 +129,9 @@ class GPT(PretrainedMixin, nnx.Module):
 
         `positions` (B, T) name each token's position (left-padded prompts); `padding_mask` marks real tokens.
         """
+        if not self.stack.blocks[0].attention.deterministic:
+            raise ValueError("decoding runs in eval mode: call model.eval() first (flaxen.generate does)")
+        check_same_shape("padding_mask", padding_mask, "token_ids", token_ids)
         written = jnp.ones(token_ids.shape, bool) if padding_mask is None else padding_mask
         cache = cache.with_written(written)
         x, cache = self.stack.decode(self._embed(token_ids, positions), cache, masks.padding(cache.valid))
