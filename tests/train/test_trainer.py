@@ -143,7 +143,7 @@ def test_metrics_jsonl_and_loss_curve(tmp_path):
     assert train[0]["learning_rate"] == pytest.approx(float(schedule(4)))
     assert {"loss", "accuracy", "elapsed"} <= validation[0].keys()
     assert (tmp_path / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((tmp_path / "run.json").read_text()) == {"model_class": "ToyClassifier"}
+    assert json.loads((tmp_path / "run.json").read_text()) == {"model_class": "ToyClassifier", "best_metric": "loss"}
     assert ToyConfig.from_json(tmp_path / "config.json") == ToyConfig()
 
 
@@ -193,20 +193,24 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     assert steps == [5, 10, 10, 15, 20, 20]  # train/validation lines, none repeated
 
 
-def test_checkpoints_keep_latest_and_best(tmp_path):
+@pytest.mark.parametrize(("best_metric", "best_step"), [("loss", 2), ("accuracy", 3)])
+def test_checkpoints_keep_latest_and_best(tmp_path, best_metric, best_step):
     model = toy_model()
     params = nnx.state(model)
     opt_state = adamw(1e-2).init(nnx.state(model, nnx.Param))
-    with checkpoint_manager(tmp_path / "checkpoints", keep=2) as manager:
-        for step, validation_loss in zip(range(1, 6), [3.0, 1.0, 2.0, 4.0, 5.0]):
+    losses, accuracies = [3.0, 1.0, 2.0, 4.0, 5.0], [0.1, 0.5, 0.7, 0.2, 0.3]  # lowest loss at 2, best accuracy at 3
+    with checkpoint_manager(tmp_path / "checkpoints", keep=2, best_metric=best_metric) as manager:
+        for step, loss, accuracy in zip(range(1, 6), losses, accuracies):
             params = jax.tree.map(lambda p: p + 1, params)
-            save_checkpoint(manager, step, params, opt_state, seed=0, elapsed=0.0, validation_loss=validation_loss)
-    with checkpoint_manager(tmp_path / "checkpoints", read_only=True) as manager:
-        assert manager.all_steps() == [2, 4, 5]
+            validation = {"loss": loss, "accuracy": accuracy}
+            save_checkpoint(manager, step, params, opt_state, seed=0, elapsed=0.0, validation=validation)
+    with checkpoint_manager(tmp_path / "checkpoints", read_only=True, best_metric=best_metric) as manager:
+        assert manager.all_steps() == sorted({best_step, 4, 5})
 
+    (tmp_path / "run.json").write_text(json.dumps({"model_class": "ToyClassifier", "best_metric": best_metric}))
     restored = toy_model()
-    assert load_checkpoint(restored, tmp_path) == 2
-    np.testing.assert_array_equal(restored.head.bias[...], model.head.bias[...] + 2)
+    assert load_checkpoint(restored, tmp_path) == best_step  # the run's own best_metric decides
+    np.testing.assert_array_equal(restored.head.bias[...], model.head.bias[...] + best_step)
     assert load_checkpoint(restored, tmp_path, step=5) == 5
 
 

