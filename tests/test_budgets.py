@@ -30,21 +30,44 @@ def test_epochs_become_the_steps_that_cover_the_training_split(texts, tmp_path):
     assert budget_of(run) == {"epochs": 0.5, "steps": math.ceil(0.5 * info["train_blocks"] / 4)}
 
 
-def test_minutes_become_steps_from_the_measured_step_time_and_resume_keeps_them(texts, tmp_path, monkeypatch):
-    monkeypatch.setattr(Trainer, "time_steps", lambda self, data, steps=5: (3.0, 0.05))  # first step 3 s, then 50 ms
+@pytest.mark.parametrize(
+    ("batch_size", "first_step", "step"),
+    [("4", 3.0, 0.05), ("1", 1.0, 0.2)],  # the second: the full validation split would not fit evaluation's share
+)
+def test_minutes_become_steps_from_the_measured_step_time_and_resume_keeps_them(
+    texts, tmp_path, monkeypatch, batch_size, first_step, step
+):
+    monkeypatch.setattr(Trainer, "time_steps", lambda self, data, steps=5: (first_step, step))
     run = tmp_path / "run"
-    assert main(["pretrain", "gpt", "--data", *texts, "--out", str(run), "--minutes", "0.1", *TINY]) == 0
-    steps = budget_of(run)["steps"]
-    # 6 s less the first step's 3 s and six passes over the validation split at a third of a step per batch
-    info = json.loads((run / "run.json").read_text())
-    evaluations = 6 * math.ceil(info["validation_blocks"] / 4) * 0.05 / 3
-    assert steps == pytest.approx((6.0 - 3.0 - evaluations) / 0.05, abs=3)  # the probe's own bookkeeping is ~0 s
+    argv = [
+        "pretrain",
+        "gpt",
+        "--data",
+        *texts,
+        "--out",
+        str(run),
+        "--minutes",
+        "0.1",
+        *TINY,
+        "--batch-size",
+        batch_size,
+    ]
+    assert main(argv) == 0
+    plan = budget_of(run)
+    batches = math.ceil(json.loads((run / "run.json").read_text())["validation_blocks"] / int(batch_size))
+    pass_seconds = min(batches, plan.get("eval_batches", batches)) * step / 3  # forward only: a third of a step
+    evaluating = (plan["evaluations"] + 1) * pass_seconds
+    assert evaluating <= 0.1 * 6.0 + 1e-9  # evaluation's share of the 6 s
+    assert ("eval_batches" in plan) == (batch_size == "1")  # only the second run had to shorten its evaluations
+    assert plan["steps"] == pytest.approx((6.0 - first_step - evaluating) / step, abs=3)  # the probe itself: ~0 s
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert max(record["step"] for record in metrics) == steps
+    assert max(record["step"] for record in metrics) == plan["steps"]
+    evaluations = [record["step"] for record in metrics if record["split"] == "validation"]
+    assert len(evaluations) <= plan["evaluations"] + 1 and evaluations[-1] == plan["steps"]
 
     monkeypatch.setattr(Trainer, "time_steps", lambda self, data, steps=5: pytest.fail("a resumed run measured again"))
-    assert main(["pretrain", "gpt", "--data", *texts, "--out", str(run), "--minutes", "0.1", "--resume", *TINY]) == 0
-    assert budget_of(run)["steps"] == steps
+    assert main([*argv, "--resume"]) == 0
+    assert budget_of(run) == plan
 
 
 def test_a_budget_too_small_to_train_is_refused(texts, tmp_path, capsys, monkeypatch):

@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 
 
 BUDGETS = ("steps", "epochs", "minutes")
-EVALUATIONS = 5  # per run, unless eval_every says otherwise
+EVALUATIONS = 5  # per run, unless eval_every says otherwise (or a minutes budget cannot afford them)
+EVALUATION_SHARE = 0.1  # of a minutes budget, at most, spent evaluating
 
 
 def training_options(
@@ -506,13 +507,15 @@ def _fit(
 ):
     """Everything is checked; now write the run folder and train."""
     budget_start = time.perf_counter()
-    steps = _steps_for_budget(model, splits, out_dir, options, resume=resume, augment=augment)
+    plan = _budget_plan(model, splits, out_dir, options, resume=resume, augment=augment)
+    steps, evaluations = plan["steps"], plan.get("evaluations", EVALUATIONS)
     options = options | {
         "steps": steps,
         "warmup": max(1, steps // 20) if options["warmup"] is None else options["warmup"],
-        "eval_every": options["eval_every"] or max(1, steps // EVALUATIONS),
+        "eval_every": options["eval_every"] or max(1, math.ceil(steps / evaluations)),
+        "eval_batches": plan.get("eval_batches"),
     }
-    run_info = run_info | {"seed": options["seed"], "budget": options["budget"] | {"steps": steps}}
+    run_info = run_info | {"seed": options["seed"], "budget": options["budget"] | plan}
     out_dir.mkdir(parents=True, exist_ok=True)
     # The run files before the tokenizer: run.json marks the folder as a flaxen run, so a run killed at any later
     # moment can be resumed (and a resumed run without a tokenizer.json trains the same tokenizer again).
@@ -537,6 +540,7 @@ def _trainer(model, out_dir: Path, options, *, run_info=None, augment=None, best
         seed=options["seed"],
         batch_size=options["batch_size"],
         eval_every=options["eval_every"],
+        eval_batches=options.get("eval_batches"),
         compute_dtype=options["compute_dtype"],
         progress=options["progress"],
         run_info=run_info,
@@ -546,34 +550,44 @@ def _trainer(model, out_dir: Path, options, *, run_info=None, augment=None, best
     )
 
 
-def _steps_for_budget(model, splits, out_dir: Path, options, *, resume: bool, augment) -> int:
-    """The step count of the run's budget: as given, from epochs, or from minutes and the measured step time.
+def _budget_plan(model, splits, out_dir: Path, options, *, resume: bool, augment) -> dict[str, Any]:
+    """The run's step count: as given, from epochs, or from minutes and the measured step time.
 
-    A resumed run keeps the step count it recorded for the same budget, so its schedule, and the resume, are exact.
+    A minutes budget also decides how often, and over how many validation batches, the run evaluates, so that
+    evaluating takes at most EVALUATION_SHARE of it. A resumed run keeps the plan it recorded for the same budget,
+    so its schedule, and the resume, are exact.
     """
     ((budget, amount),) = options["budget"].items()
     if budget == "steps":
-        return int(amount)
+        return {"steps": int(amount)}
     if budget == "epochs":
-        return max(1, math.ceil(amount * len(splits.train) / options["batch_size"]))
+        return {"steps": max(1, math.ceil(amount * len(splits.train) / options["batch_size"]))}
     recorded = read_run_file(out_dir).get("budget", {}) if resume and is_run_folder(out_dir) else {}
     if recorded.get("minutes") == amount:
-        return recorded["steps"]
+        return {name: value for name, value in recorded.items() if name not in BUDGETS or name == "steps"}
     start = time.perf_counter()
     # Any schedule times the same; the run compiles its own step again, which the estimate counts.
     probe = _trainer(model, out_dir, options | {"steps": 2, "warmup": 1, "eval_every": 1}, augment=augment)
     first_step, step = probe.time_steps(splits.train)
-    evaluation_batches = 0 if splits.validation is None else math.ceil(len(splits.validation) / options["batch_size"])
-    # An evaluation batch costs about a third of a training step (forward only); the last evaluation is extra.
-    evaluations = (EVALUATIONS + 1) * evaluation_batches * step / 3
-    remaining = amount * 60 - (time.perf_counter() - start) - first_step - evaluations
+    plan = {}
+    evaluation_seconds = 0.0
+    if splits.validation is not None:
+        batch_seconds = step / 3  # forward only
+        affordable = EVALUATION_SHARE * amount * 60
+        batches = math.ceil(len(splits.validation) / options["batch_size"])
+        if batches * batch_seconds > affordable / 2:  # two passes at least: one midway, the final one
+            batches = plan["eval_batches"] = max(1, int(affordable / 2 / batch_seconds))
+        pass_seconds = batches * batch_seconds
+        plan["evaluations"] = max(1, min(EVALUATIONS, int(affordable / pass_seconds) - 1))
+        evaluation_seconds = (plan["evaluations"] + 1) * pass_seconds
+    remaining = amount * 60 - (time.perf_counter() - start) - first_step - evaluation_seconds
     steps = int(remaining / step)
     if steps < 2:
         raise ValueError(
             f"--minutes {amount} leaves no time to train: a step takes {step:.2f} s and compiling {first_step:.1f} s; "
             "give more minutes or a smaller model"
         )
-    return steps
+    return {"steps": steps, **plan}
 
 
 def _tokenizer_for(out_dir: Path, resume: bool, make):
