@@ -41,7 +41,6 @@ TORCH_THREADS = 2
 WARMUP_FRACTION, MIN_LR_RATIO = 0.05, 0.1  # the peer's time-based schedule (flaxen: 5% warm-up, cosine to 10%)
 BETAS, CLIP = (0.9, 0.95), 1.0  # flaxen.train.adamw's defaults, used by the peer too
 LINES = (("flaxen", "o-", "C0", "flaxen CLI defaults"), ("peer", "s--", "C1", "HF peer"))  # plot: system, style
-HF_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "swish": "silu"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -401,12 +400,14 @@ def hf_model(journey: str, run_info: dict[str, Any], config: dict[str, Any]):
     """The Hugging Face model of the same size as the flaxen run's config.json (pretrained when the run was)."""
     import transformers
 
+    from flaxen.hf.table import activation_to_hf
+
     common = {
         "hidden_size": config["hidden_size"],
         "num_hidden_layers": config["num_layers"],
         "num_attention_heads": config["num_heads"],
         "intermediate_size": config["mlp_dim"],
-        "hidden_act": HF_ACTIVATIONS[config["activation"]],
+        "hidden_act": activation_to_hf(config["activation"]),
         "hidden_dropout_prob": config["dropout"],
         "attention_probs_dropout_prob": config["attention_dropout"],
         "layer_norm_eps": config["layer_norm_eps"],
@@ -420,7 +421,7 @@ def hf_model(journey: str, run_info: dict[str, Any], config: dict[str, Any]):
             n_layer=config["num_layers"],
             n_head=config["num_heads"],
             n_inner=config["mlp_dim"],
-            activation_function=HF_ACTIVATIONS[config["activation"]],
+            activation_function=activation_to_hf(config["activation"]),
             resid_pdrop=config["dropout"],
             embd_pdrop=config["dropout"],
             attn_pdrop=config["attention_dropout"],
