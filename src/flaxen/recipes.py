@@ -478,18 +478,26 @@ def vit_config(
     patch_size: int | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> ViTConfig:
-    """A preset name ("tiny", "small") or a variant string ("Ti/4") sized for the data."""
+    """A preset name ("tiny", "small") or a variant string ("Ti/4") sized for the data.
+
+    A named preset's patch size follows the images (`default_patch_size`) unless `patch_size` is given; a variant
+    string carries its own.
+    """
     fields = {"image_size": image_size, "channels": channels, "num_labels": num_labels, **(overrides or {})}
-    config = ViTConfig.from_preset(preset, **fields)
+    if patch_size is None and "/" not in preset:
+        patch_size = default_patch_size(image_size)
     if patch_size is not None:
-        config = config.replace(patch_size=patch_size)
-    if image_size % config.patch_size:
-        patch = config.patch_size
-        raise ValueError(
-            f"images of {image_size}×{image_size} do not split into {patch}×{patch} patches; "
-            f"choose --patch-size dividing {image_size}"
-        )
-    return config
+        fields["patch_size"] = patch_size
+    return ViTConfig.from_preset(preset, **fields)
+
+
+def default_patch_size(image_size: int) -> int:
+    """The largest patch side up to 16 that divides the image and leaves at least 4×4 patches (1 for tiny images).
+
+    Few tokens make small images train fast: 28×28 in 7×7 patches is 16 tokens, 20×20 in 5×5 too; 224×224 gets
+    the usual 16×16 patches (196 tokens).
+    """
+    return max((side for side in range(1, 17) if image_size % side == 0 and image_size // side >= 4), default=1)
 
 
 def _fit(

@@ -73,7 +73,10 @@ class ViTConfig(TransformerConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}; "
+                "choose a patch size that divides the image size"
+            )
 
     @property
     def grid_size(self) -> int:

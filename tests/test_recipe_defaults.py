@@ -1,4 +1,5 @@
-"""Training budgets: --steps, --epochs or --minutes (the step count fixed from the measured step time)."""
+"""What the recipes choose for the user: the training budget (--steps, --epochs or --minutes), the starting model
+of a finetune, the ViT patch size."""
 
 import json
 import math
@@ -131,3 +132,13 @@ def test_from_none_finetunes_a_fresh_model(tmp_path):
     argv = ["finetune", "bert", "--data", str(table), "--from", "none", "--preset", "tiny", "--out", str(run), *SHORT]
     assert main([*argv, "--vocab-size", "100"]) == 0
     assert json.loads((run / "run.json").read_text())["start_from"] is None
+
+
+@pytest.mark.parametrize(("image_size", "patch"), [(28, 7), (20, 5), (32, 8), (224, 16), (30, 6), (8, 2), (3, 1)])
+def test_the_default_patch_leaves_at_least_four_by_four_patches_of_at_most_16_pixels(image_size, patch):
+    from flaxen.recipes import default_patch_size, vit_config
+
+    assert default_patch_size(image_size) == patch
+    assert vit_config("small", image_size=image_size, channels=1, num_labels=2).patch_size == patch
+    assert vit_config("small", image_size=image_size, channels=1, num_labels=2, patch_size=1).patch_size == 1
+    assert vit_config("Ti/1", image_size=image_size, channels=1, num_labels=2).patch_size == 1  # a variant's own
