@@ -16,10 +16,15 @@ from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, L
 BEST_METRICS = {"loss": "min", "accuracy": "max"}
 
 
-def _best_ranking(best_metric: str):
-    """(metric of a checkpoint's saved metrics, "min" or "max") for `best_metric`."""
+def check_best_metric(best_metric: str) -> None:
+    """ValueError naming the choices unless `best_metric` is one of BEST_METRICS."""
     if best_metric not in BEST_METRICS:
         raise ValueError(f"unknown best_metric {best_metric!r}; choose one of {', '.join(BEST_METRICS)}")
+
+
+def _best_ranking(best_metric: str):
+    """(metric of a checkpoint's saved metrics, "min" or "max") for `best_metric`."""
+    check_best_metric(best_metric)
     mode = BEST_METRICS[best_metric]
     never_best = math.inf if mode == "min" else -math.inf  # a checkpoint saved between evaluations
 

@@ -361,7 +361,7 @@ class Recipe:
         defaults = {name: value for name, value in self.defaults.items() if not (other_budget and name in BUDGETS)}
         return self.train(**defaults | arguments)
 
-    @property
+    @functools.cached_property
     def parameters(self) -> dict[str, inspect.Parameter]:
         """The arguments it takes: its own and the training options."""
         own = inspect.signature(self.train).parameters
@@ -572,7 +572,7 @@ def _budget_plan(model, splits, out_dir: Path, options, *, resume: bool, augment
         return {"steps": max(1, math.ceil(amount * len(splits.train) / options["batch_size"]))}
     recorded = read_run_file(out_dir).get("budget", {}) if resume and is_run_folder(out_dir) else {}
     if recorded.get("minutes") == amount:
-        return {name: value for name, value in recorded.items() if name not in BUDGETS or name == "steps"}
+        return {name: value for name, value in recorded.items() if name != "minutes"}
     start = time.perf_counter()
     # Any schedule times the same; the run compiles its own step again, which the estimate counts.
     probe = _trainer(model, out_dir, options | {"steps": 2, "warmup": 1, "eval_every": 1}, augment=augment)

@@ -4,7 +4,7 @@ XLA:CPU allocates each compiled step's scratch memory from the C allocator and f
 serves allocations that large with a fresh `mmap`, so every step page-faults all of it back in. Backing large
 allocations with transparent huge pages (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`) avoids that, but glibc reads
 the variable once, at process start: `relaunch_with_fast_allocator()` relaunches the process with it, and the
-`flaxen` command calls it (measured in benchmarks/NOTES.md).
+`flaxen` command calls it.
 
 This module itself imports nothing heavy; importing it loads the `flaxen` package (models only), which is what a
 relaunch repeats.

@@ -1,4 +1,4 @@
-"""`nnx.Linear` with a hand-written backward pass that XLA compiles into faster matmuls.
+"""`nnx.Linear` with a hand-written backward pass: the kernel gradient as one 2-D matmul over the flattened rows.
 
 Being a `jax.custom_vjp`, it supports reverse mode (grad, vjp, grad of grad) but not forward mode: `jax.jvp`,
 `jax.jacfwd` or `jax.hessian` through these layers raise. Build a model with plain `nnx.Linear` layers for those.

@@ -23,7 +23,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from tqdm.auto import tqdm
 
-from flaxen.checkpoints import BEST_METRICS, checkpoint_manager, restore_checkpoint, save_checkpoint
+from flaxen.checkpoints import check_best_metric, checkpoint_manager, restore_checkpoint, save_checkpoint
 from flaxen.core.rng import as_rngs
 from flaxen.runs import CHECKPOINT_DIR, METRICS_FILE, PLOT_FILE, check_resumable, write_run_files, write_weights
 from flaxen.train.metrics import drop_records_after, plot_metrics
@@ -118,8 +118,7 @@ class Trainer:
         self.log_every = log_every
         self.checkpoint_every = checkpoint_every or eval_every
         self.keep_checkpoints = keep_checkpoints
-        if best_metric not in BEST_METRICS:
-            raise ValueError(f"unknown best_metric {best_metric!r}; choose one of {', '.join(BEST_METRICS)}")
+        check_best_metric(best_metric)
         self.best_metric = best_metric
         self.compute_dtype = None if compute_dtype is None else jnp.dtype(compute_dtype)
         self.progress = progress
