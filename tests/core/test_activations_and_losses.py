@@ -106,3 +106,20 @@ def test_accuracy_matches_argmax_and_counts_ties_and_bad_labels_as_wrong():
     assert float(accuracy(peaked, jnp.asarray([-1, -3]))) == 0.0  # no wrap-around of negative labels
     assert float(accuracy(peaked, jnp.asarray([2, 3]))) == 0.5
     assert float(accuracy(peaked.astype(jnp.bfloat16), jnp.asarray([2, 0]))) == 1.0
+
+
+def test_soft_targets_give_the_integer_loss_when_one_hot_and_leave_accuracy_to_the_labels():
+    from flaxen.core.losses import loss_and_metrics
+
+    logits = jnp.asarray(np.random.default_rng(0).normal(size=(5, 4)), jnp.float32)
+    labels = jnp.array([0, 3, 1, 1, 2])
+    weights = jnp.array([1.0, 1.0, 0.0, 1.0, 1.0])
+    hard, hard_metrics = loss_and_metrics(logits, labels, weights)
+    soft, soft_metrics = loss_and_metrics(logits, labels, weights, jax.nn.one_hot(labels, 4))
+    np.testing.assert_allclose(soft, hard, rtol=1e-6)
+    smoothed = jax.nn.one_hot(labels, 4) * 0.9 + 0.025
+    loss, metrics = loss_and_metrics(logits, labels, weights, smoothed)
+    log_probs = np.asarray(jax.nn.log_softmax(logits))
+    expected = -(np.asarray(smoothed) * log_probs).sum(axis=1)
+    np.testing.assert_allclose(loss, (expected * np.asarray(weights)).sum() / 4, rtol=1e-5)
+    assert metrics["accuracy"] == soft_metrics["accuracy"] == hard_metrics["accuracy"]

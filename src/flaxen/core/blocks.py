@@ -41,6 +41,7 @@ class TransformerBlock(nnx.Module):
         self.mlp_norm = layer_norm(config, rngs=rngs)
         self.mlp = MLP(config, kernel_init=kernel_init, out_kernel_init=out_kernel_init, rngs=rngs)
         self.dropout = nnx.Dropout(config.dropout)
+        self.deterministic = False  # model.eval() sets it: no stochastic depth in evaluation
 
     def __call__(
         self,
@@ -50,10 +51,12 @@ class TransformerBlock(nnx.Module):
         is_causal: bool = False,
         rngs: nnx.Rngs | None = None,
         output_positions: slice | jax.Array | None = None,
+        skip_rate: float | jax.Array = 0.0,
     ) -> jax.Array:
         """(B, T, D) -> (B, T, D), or (B, P, D) at `output_positions` (a slice, or (B, P) indices).
 
         With `output_positions` every position still serves as a key, but only these query and pass the MLP.
+        `skip_rate` is stochastic depth: in training each example skips each residual branch with this probability.
         """
         attended = self.attention(
             self.attention_norm(x) if self.norm_first else x,
@@ -64,7 +67,7 @@ class TransformerBlock(nnx.Module):
         )
         if output_positions is not None:
             x = take_positions(x, output_positions)
-        return self._add_sublayers(x, attended, rngs)
+        return self._add_sublayers(x, attended, rngs, skip_rate)
 
     def decode(
         self, x: jax.Array, kv_cache: tuple[jax.Array, jax.Array], cache_index: jax.Array, mask: jax.Array
@@ -75,13 +78,28 @@ class TransformerBlock(nnx.Module):
         )
         return self._add_sublayers(x, attended, rngs=None), kv_cache
 
-    def _add_sublayers(self, x: jax.Array, attended: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
+    def _add_sublayers(
+        self, x: jax.Array, attended: jax.Array, rngs: nnx.Rngs | None, skip_rate: float | jax.Array = 0.0
+    ) -> jax.Array:
         """The attention output's residual, then the MLP's, each with its LayerNorm before (pre-LN) or after."""
+
+        def branch(y: jax.Array) -> jax.Array:
+            return self._skip_examples(self.dropout(y, rngs=rngs), rngs, skip_rate)
+
         if self.norm_first:
-            x = x + self.dropout(attended, rngs=rngs)
-            return x + self.dropout(self.mlp(self.mlp_norm(x), rngs=rngs), rngs=rngs)
-        x = self.attention_norm(x + self.dropout(attended, rngs=rngs))
-        return self.mlp_norm(x + self.dropout(self.mlp(x, rngs=rngs), rngs=rngs))
+            x = x + branch(attended)
+            return x + branch(self.mlp(self.mlp_norm(x), rngs=rngs))
+        x = self.attention_norm(x + branch(attended))
+        return self.mlp_norm(x + branch(self.mlp(x, rngs=rngs)))
+
+    def _skip_examples(self, branch: jax.Array, rngs: nnx.Rngs | None, skip_rate: float | jax.Array) -> jax.Array:
+        """Stochastic depth: zero the branch for a `skip_rate` fraction of the examples, scale the rest up."""
+        if self.deterministic or (isinstance(skip_rate, float) and skip_rate == 0.0):
+            return branch
+        if rngs is None:
+            raise ValueError("stochastic_depth in training mode needs rngs=; call model.eval() for inference")
+        keep = jax.random.bernoulli(rngs.dropout(), 1.0 - skip_rate, (branch.shape[0],) + (1,) * (branch.ndim - 1))
+        return jnp.where(keep, branch / (1.0 - skip_rate), 0).astype(branch.dtype)
 
 
 class TransformerStack(nnx.Module):
@@ -95,6 +113,9 @@ class TransformerStack(nnx.Module):
     def __init__(self, config: TransformerConfig, *, norm_first: bool, kernel_init, out_kernel_init, rngs: nnx.Rngs):
         self.scan_layers = config.scan_layers
         self.remat = config.remat
+        # Stochastic depth grows linearly with depth, from 0 at the first block to the config's rate at the last.
+        last = max(1, config.num_layers - 1)
+        self.skip_rates = tuple(config.stochastic_depth * layer / last for layer in range(config.num_layers))
         self.blocks = nnx.List(
             TransformerBlock(
                 config, norm_first=norm_first, kernel_init=kernel_init, out_kernel_init=out_kernel_init, rngs=rngs
@@ -127,7 +148,14 @@ class TransformerStack(nnx.Module):
             last = len(self.blocks) - 1
             for layer, block in enumerate(self.blocks):
                 positions = output_positions if layer == last else None
-                x = block(x, mask=mask, is_causal=is_causal, rngs=rngs, output_positions=positions)
+                x = block(
+                    x,
+                    mask=mask,
+                    is_causal=is_causal,
+                    rngs=rngs,
+                    output_positions=positions,
+                    skip_rate=self.skip_rates[layer],
+                )
                 hidden_states.append(x)
         return (x, hidden_states) if return_hidden_states else x
 
@@ -153,16 +181,24 @@ class TransformerStack(nnx.Module):
         """The blocks as pure functions of their parameters, rematerialised and/or scanned."""
         splits = [nnx.split(block) for block in self.blocks]
         graphdef = splits[0][0]
+        stochastic = any(self.skip_rates)  # static: without stochastic depth no rate is traced
         # Each layer draws its own dropout key up front: a scanned body cannot advance the caller's Rngs. Like
         # the plain loop, need no key when nothing is random (evaluation, or an Rngs without a dropout stream).
         random = rngs is not None and ("dropout" in rngs or "default" in rngs)
         layer_keys = jax.random.split(rngs.dropout(), len(splits)) if random else [None] * len(splits)
 
         def block_function(positions, *, in_scan: bool):
-            def apply(state, x, key):
+            def apply(state, x, key, skip_rate):
                 block_rngs = None if key is None else nnx.Rngs(dropout=key)
                 block = nnx.merge(graphdef, state)
-                return block(x, mask=mask, is_causal=is_causal, rngs=block_rngs, output_positions=positions)
+                return block(
+                    x,
+                    mask=mask,
+                    is_causal=is_causal,
+                    rngs=block_rngs,
+                    output_positions=positions,
+                    skip_rate=skip_rate if stochastic else 0.0,
+                )
 
             return jax.checkpoint(apply, prevent_cse=not in_scan) if self.remat else apply  # scan keeps CSE out
 
@@ -173,7 +209,9 @@ class TransformerStack(nnx.Module):
         hidden_states = [x]
         if not self.scan_layers:
             for layer, (_, state) in enumerate(splits):
-                x = (apply_last if layer == len(splits) - 1 else apply)(state, x, layer_keys[layer])
+                x = (apply_last if layer == len(splits) - 1 else apply)(
+                    state, x, layer_keys[layer], self.skip_rates[layer]
+                )
                 hidden_states.append(x)
             return x, hidden_states
         if any(other != graphdef for other, _ in splits[1:]):
@@ -183,14 +221,15 @@ class TransformerStack(nnx.Module):
             stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(state for _, state in splits[:scanned]))
 
             def body(x, layer_inputs):
-                state, key = layer_inputs
-                x = apply(state, x, key)
+                state, key, skip_rate = layer_inputs
+                x = apply(state, x, key, skip_rate)
                 return x, x if return_hidden_states else None
 
             scanned_keys = None if layer_keys[0] is None else layer_keys[:scanned]
-            x, outputs = jax.lax.scan(body, x, (stacked, scanned_keys))
+            scanned_rates = jnp.asarray(self.skip_rates[:scanned], jnp.float32)
+            x, outputs = jax.lax.scan(body, x, (stacked, scanned_keys, scanned_rates))
             hidden_states += [outputs[layer] for layer in range(scanned)] if return_hidden_states else []
         if not last_in_scan:
-            x = apply_last(splits[-1][1], x, layer_keys[-1])
+            x = apply_last(splits[-1][1], x, layer_keys[-1], self.skip_rates[-1])
             hidden_states.append(x)
         return x, hidden_states if return_hidden_states else []

@@ -86,6 +86,7 @@ class TransformerConfig(ConfigMixin):
     activation: str = "gelu"
     dropout: float = 0.1  # residual, MLP and embedding dropout
     attention_dropout: float = 0.0  # DropKey: keys dropped before the softmax, so the fused kernel stays on
+    stochastic_depth: float = 0.0  # the last block's residual branches skipped per example at this rate (DeiT)
     layer_norm_eps: float = 1e-5
     initializer_range: float = 0.02
     dtype: str = "float32"  # compute dtype; parameters stay float32
@@ -102,7 +103,7 @@ class TransformerConfig(ConfigMixin):
         for name in ("hidden_size", "num_layers", "num_heads", "mlp_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("dropout", "attention_dropout"):
+        for name in ("dropout", "attention_dropout", "stochastic_depth"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         check_activation_name(self.activation)

@@ -47,9 +47,19 @@ def position_weights(batch: dict[str, jax.Array], *, padding_mask: jax.Array | N
     return row_weights if padding_mask is None else row_weights * padding_mask
 
 
+def soft_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+    """Mean softmax cross-entropy against (..., V) target probabilities (smoothed or mixed labels)."""
+    per_item = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets.astype(jnp.float32))
+    return weighted_mean(per_item, weights)
+
+
 def loss_and_metrics(
-    logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None
+    logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None, targets: jax.Array | None = None
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The (loss, metrics) pair every task model's `loss` returns: weighted cross-entropy and accuracy."""
-    loss = cross_entropy(logits, labels, weights)
+    """The (loss, metrics) pair every task model's `loss` returns: weighted cross-entropy and accuracy.
+
+    With `targets` (B, V) probabilities, as training augmentation may make them, the loss is taken against those;
+    accuracy is always against `labels`.
+    """
+    loss = cross_entropy(logits, labels, weights) if targets is None else soft_cross_entropy(logits, targets, weights)
     return loss, {"loss": loss, "accuracy": accuracy(logits, labels, weights)}

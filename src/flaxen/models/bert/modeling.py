@@ -222,6 +222,7 @@ class BertForSequenceClassification(PretrainedMixin, nnx.Module):
     def loss(
         self, batch: dict[str, jax.Array], *, rngs: nnx.Rngs | None = None
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Cross-entropy on `labels`; rows with `weights` 0 (evaluation padding) are not counted."""
+        """Cross-entropy on `labels`, or on `targets` probabilities when the batch has them (smoothed or mixed
+        labels); rows with `weights` 0 (evaluation padding) are not counted."""
         logits = self(batch["token_ids"], batch.get("padding_mask"), batch.get("token_type_ids"), rngs=rngs)
-        return loss_and_metrics(logits, batch["labels"], batch.get("weights"))
+        return loss_and_metrics(logits, batch["labels"], batch.get("weights"), batch.get("targets"))

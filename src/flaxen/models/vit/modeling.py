@@ -235,9 +235,10 @@ class ViTForImageClassification(PretrainedMixin, nnx.Module):
     def loss(
         self, batch: dict[str, jax.Array], *, rngs: nnx.Rngs | None = None
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Cross-entropy on `labels`; rows with `weights` 0 (evaluation padding) are not counted."""
+        """Cross-entropy on `labels`, or on `targets` probabilities when the batch has them (smoothed or mixed
+        labels); rows with `weights` 0 (evaluation padding) are not counted."""
         logits = self(batch["images"], rngs=rngs)
-        return loss_and_metrics(logits, batch["labels"], batch.get("weights"))
+        return loss_and_metrics(logits, batch["labels"], batch.get("weights"), batch.get("targets"))
 
 
 def to_finetune(
