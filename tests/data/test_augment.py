@@ -1,0 +1,92 @@
+"""The small-data image augmentation: random affine, smoothed targets, Mixup/CutMix; jittable and exact in what
+it promises (a mix's targets are the mix of its pixels)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flaxen.data import mix_images, one_hot_targets, random_affine
+
+
+def images(batch=8, side=12, channels=1, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).normal(size=(batch, side, side, channels)), jnp.float32)
+
+
+def test_the_identity_transform_returns_the_images():
+    original = images()
+    same = random_affine(original, jax.random.key(0), degrees=0.0, scale=(1.0, 1.0), translate=0.0)
+    np.testing.assert_allclose(same, original, atol=1e-6)
+
+
+def test_a_whole_pixel_shift_moves_the_image_and_fills_with_the_edge():
+    row = jnp.arange(10, dtype=jnp.float32)
+    image = jnp.broadcast_to(row[None, :, None], (10, 10, 1))[None]  # each column holds its index
+    # translate is a fraction of the side: 0.3 of 10 px, so shifts up to 3 px each way; columns stay a ramp.
+    out = np.asarray(random_affine(image, jax.random.key(3), degrees=0.0, scale=(1.0, 1.0), translate=0.3))[0, :, :, 0]
+    np.testing.assert_allclose(out, out[:1].repeat(10, axis=0), atol=1e-5)  # a horizontal shift only changes x
+    steps = np.diff(out[0])
+    assert np.all((np.isclose(steps, 1.0, atol=1e-5)) | (np.isclose(steps, 0.0, atol=1e-5)))  # ramp, clamped at edges
+    assert out.min() >= 0 and out.max() <= 9
+
+
+def test_a_plain_image_stays_plain_and_keys_decide_the_transform():
+    plain = jnp.full((4, 10, 10, 3), 0.25, jnp.float32)
+    np.testing.assert_allclose(random_affine(plain, jax.random.key(0), degrees=30.0), plain, atol=1e-6)
+    varied = images(channels=3)
+    first = random_affine(varied, jax.random.key(0))
+    np.testing.assert_array_equal(first, random_affine(varied, jax.random.key(0)))
+    assert not np.allclose(first, random_affine(varied, jax.random.key(1)))
+    assert first.shape == varied.shape and first.dtype == varied.dtype
+
+
+def test_rotation_turns_about_the_centre():
+    # A round blob at the centre looks the same at any angle: only a rotation about the centre keeps it so.
+    side, centre = 33, 16.0
+    rows, cols = np.mgrid[:side, :side]
+    radius2 = (rows - centre) ** 2 + (cols - centre) ** 2
+    blob = jnp.asarray(np.exp(-radius2 / (2 * 6.0**2))[None, :, :, None], jnp.float32)
+    for seed in range(4):
+        turned = np.asarray(random_affine(blob, jax.random.key(seed), degrees=180.0, scale=(1.0, 1.0), translate=0.0))
+        np.testing.assert_allclose(
+            turned[0, ..., 0][radius2 < 144], np.asarray(blob)[0, ..., 0][radius2 < 144], atol=0.01
+        )
+    off_centre = jnp.asarray(np.exp(-((rows - 8.0) ** 2 + (cols - 16.0) ** 2) / 8.0)[None, :, :, None], jnp.float32)
+    moved = np.asarray(random_affine(off_centre, jax.random.key(0), degrees=180.0, scale=(1.0, 1.0), translate=0.0))
+    peak = np.unravel_index(moved[0, ..., 0].argmax(), (side, side))
+    assert abs(np.hypot(peak[0] - centre, peak[1] - centre) - 8.0) <= 1.0  # it moved on its circle
+
+
+def test_smoothed_targets_are_probabilities_with_the_label_on_top():
+    targets = np.asarray(one_hot_targets(jnp.array([0, 2]), 4, smoothing=0.1))
+    np.testing.assert_allclose(targets.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(targets[0], [0.925, 0.025, 0.025, 0.025], rtol=1e-6)
+    np.testing.assert_allclose(one_hot_targets(jnp.array([1]), 3), [[0.0, 1.0, 0.0]])
+
+
+@pytest.mark.parametrize(
+    "alphas", [{"mixup_alpha": 0.8, "cutmix_alpha": 0.0}, {"mixup_alpha": 0.0, "cutmix_alpha": 1.0}, {}]
+)
+def test_the_mixed_targets_are_the_mixed_pixels(alphas):
+    # Each image is one constant value, its class's: then an image's mean pixel is its targets' expectation.
+    labels = jnp.array([0, 1, 2, 3, 4, 5])
+    values = jnp.array([0.0, 10.0, 20.0, 30.0, 40.0, 50.0])
+    batch = jnp.broadcast_to(values[labels][:, None, None, None], (6, 8, 8, 2))
+    for seed in range(6):
+        mixed, targets = mix_images(batch, one_hot_targets(labels, 6), jax.random.key(seed), **alphas)
+        np.testing.assert_allclose(targets.sum(axis=1), 1.0, rtol=1e-6)
+        np.testing.assert_allclose(mixed.mean(axis=(1, 2, 3)), targets @ values, rtol=1e-5, atol=1e-4)
+        assert not np.allclose(mixed, batch)  # something was mixed
+
+
+def test_cutmix_pastes_a_box_and_both_alphas_zero_change_nothing():
+    batch, targets = images(batch=4, side=16), one_hot_targets(jnp.arange(4), 4)
+    mixed, _ = mix_images(batch, targets, jax.random.key(1), mixup_alpha=0.0, cutmix_alpha=1.0)
+    from_partner = np.isclose(np.asarray(mixed), np.asarray(jnp.roll(batch, 1, axis=0)))[..., 0]
+    rows, cols = np.nonzero(from_partner[0])
+    if rows.size:  # the pasted pixels form one rectangle, the same in every image
+        box = from_partner[0][rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        assert box.all() and (from_partner == from_partner[0]).all()
+    unchanged = mix_images(batch, targets, jax.random.key(1), mixup_alpha=0.0, cutmix_alpha=0.0)
+    np.testing.assert_array_equal(unchanged[0], batch)
+    np.testing.assert_array_equal(unchanged[1], targets)
