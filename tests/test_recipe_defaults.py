@@ -38,7 +38,7 @@ def test_epochs_become_the_steps_that_cover_the_training_split(texts, tmp_path):
 def test_minutes_become_steps_from_the_measured_step_time_and_resume_keeps_them(
     texts, tmp_path, monkeypatch, batch_size, first_step, step
 ):
-    monkeypatch.setattr(Trainer, "time_steps", lambda self, data, steps=5: (first_step, step))
+    monkeypatch.setattr(Trainer, "time_steps", lambda self, data, steps=5, seconds=0.0: (first_step, step))
     run = tmp_path / "run"
     argv = [
         "pretrain",
@@ -66,13 +66,15 @@ def test_minutes_become_steps_from_the_measured_step_time_and_resume_keeps_them(
     evaluations = [record["step"] for record in metrics if record["split"] == "validation"]
     assert len(evaluations) <= plan["evaluations"] + 1 and evaluations[-1] == plan["steps"]
 
-    monkeypatch.setattr(Trainer, "time_steps", lambda self, data, steps=5: pytest.fail("a resumed run measured again"))
+    monkeypatch.setattr(
+        Trainer, "time_steps", lambda self, data, steps=5, seconds=0.0: pytest.fail("a resumed run measured again")
+    )
     assert main([*argv, "--resume"]) == 0
     assert budget_of(run) == plan
 
 
 def test_a_budget_too_small_to_train_is_refused(texts, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(Trainer, "time_steps", lambda self, data, steps=5: (30.0, 0.5))
+    monkeypatch.setattr(Trainer, "time_steps", lambda self, data, steps=5, seconds=0.0: (30.0, 0.5))
     run = tmp_path / "run"
     assert main(["pretrain", "gpt", "--data", *texts, "--out", str(run), "--minutes", "0.2", *TINY]) == 2
     assert "--minutes 0.2 leaves no time to train" in capsys.readouterr().err

@@ -146,24 +146,28 @@ class Trainer:
         params, non_params = self._placed_model_state()
         return self._evaluate(params, non_params, dataset, _run_keys(self.seed)[1])
 
-    def time_steps(self, data: Dataset, steps: int = 5) -> tuple[float, float]:
-        """(seconds of the first training step, compile included; median seconds of the `steps` after it).
+    def time_steps(self, data: Dataset, steps: int = 5, seconds: float = 0.0) -> tuple[float, float]:
+        """(seconds of the first training step, compile included; median seconds of a step after it).
 
-        Each step counts from fetching its batch to its metrics being ready. The steps run on a copy of the
-        model's state with a throwaway optimizer state: the model is not changed.
+        At least `steps` steps follow the first, and more until `seconds` have passed; the median is over the later
+        half, as the first few steps after compiling run slow. Each step counts from fetching its batch to its
+        metrics being ready. The steps run on a copy of the model's state with a throwaway optimizer state: the
+        model is not changed.
         """
         params, non_params = jax.tree.map(jnp.copy, self._placed_model_state())  # the step donates its inputs
         opt_state = jax.jit(self.optimizer.init, out_shardings=self._state_sharding.opt_state)(params)
         key = jax.device_put(_run_keys(self.seed)[0], replicated(self.mesh))
         batches = data.batches(self.batch_size, seed=self.seed)
-        seconds = []
-        for step in range(steps + 1):
+        durations = []
+        while len(durations) <= steps or sum(durations[1:]) < seconds:
             start = time.perf_counter()
             batch = jax.device_put(next(batches), self._batch_sharding)
+            step = len(durations)
             params, opt_state, non_params, metrics = self._train_step(params, opt_state, non_params, batch, key, step)
             jax.block_until_ready(metrics)
-            seconds.append(time.perf_counter() - start)
-        return seconds[0], float(np.median(seconds[1:]))
+            durations.append(time.perf_counter() - start)
+        after_compiling = durations[1:]
+        return durations[0], float(np.median(after_compiling[len(after_compiling) // 2 :]))
 
     def _placed_model_state(self) -> tuple[nnx.State, nnx.State]:
         """The model's parameters and its other variables, moved to their shardings on the mesh."""
