@@ -40,8 +40,19 @@ class GPTConfig(TransformerConfig):
                 "mlp_dim": 256,
             },
         ),
+        "mini": (
+            "4 layers, 128 wide, context 128: the most a CPU learns in minutes",
+            {
+                "vocab_size": 4096,
+                "context_length": 128,
+                "hidden_size": 128,
+                "num_layers": 4,
+                "num_heads": 4,
+                "mlp_dim": 512,
+            },
+        ),
         "small": (
-            "4 layers, 256 wide, context 128: trains on a CPU in minutes",
+            "4 layers, 256 wide, context 128: for an hour or more on a CPU",
             {
                 "vocab_size": 8192,
                 "context_length": 128,
@@ -67,6 +78,10 @@ class GPTConfig(TransformerConfig):
     @classmethod
     def tiny(cls, **overrides) -> GPTConfig:
         return cls.from_preset("tiny", **overrides)
+
+    @classmethod
+    def mini(cls, **overrides) -> GPTConfig:
+        return cls.from_preset("mini", **overrides)
 
     @classmethod
     def small(cls, **overrides) -> GPTConfig:
