@@ -175,6 +175,10 @@ def bad_inputs(workspace):
             ["train", "vit", "--images", str(mixed), "--out", str(root / "new7"), *TRAIN],
             "size",
         ),
+        "negative mixup": (
+            ["train", "vit", "--images", str(ws["images"]), "--mixup", "-1", "--out", str(root / "new9"), *TRAIN],
+            "--mixup must be at least 0",
+        ),
         "resume a run of another model": (
             [*gpt, "--data", *texts, "--out", str(ws["vit"]), "--resume"],
             "ViTForImageClassification run",
@@ -198,6 +202,7 @@ CASES = [
     "missing label column",
     "more labels than the head",
     "images of mixed sizes",
+    "negative mixup",
     "resume a run of another model",
     "out folder holds a run",
     "bad preset",

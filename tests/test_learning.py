@@ -1,5 +1,7 @@
 """A few hundred steps on real data make the validation loss fall clearly (real text, real images)."""
 
+import json
+
 import pytest
 from flax import nnx
 
@@ -94,3 +96,11 @@ def test_bf16_compute_reaches_the_fp32_loss_within_two_percent(plays, tmp_path):
         params = [v for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param))]
         assert all(p.dtype == "float32" for p in params)  # master weights stay fp32
     assert abs(losses["bfloat16"] - losses["float32"]) / losses["float32"] < 0.02, losses
+
+
+def test_the_vit_recipe_with_its_augmentation_learns_mnist(tmp_path):
+    # The recipe's defaults end to end: a data-sized model, random affine, label smoothing, stochastic depth.
+    final = flaxen.recipes.train_vit(tmp_path / "run", steps=500, learning_rate=1e-3, progress=False)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["data"]["augment"] and json.loads((tmp_path / "run" / "config.json").read_text())["hidden_size"] == 128
+    assert final["validation_accuracy"] > 0.8, final  # chance is 0.1

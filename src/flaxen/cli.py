@@ -108,7 +108,20 @@ def _vit_arguments(parser: argparse.ArgumentParser, recipe) -> None:
         type=int,
         help="patch side (default: the largest up to 16 that divides the images and leaves at least 4×4 patches)",
     )
-    parser.add_argument("--no-augment", dest="augment", action="store_false", help="no random crops during training")
+    parser.add_argument(
+        "--no-augment",
+        dest="augment",
+        action="store_false",
+        help="train on the images as they are: no random affine, Mixup, CutMix or label smoothing",
+    )
+    for flag, meaning in (
+        ("--mixup", "Mixup's Beta α (0: off)"),
+        ("--cutmix", "CutMix's Beta α (0: off)"),
+        ("--label-smoothing", "label smoothing"),
+        ("--stochastic-depth", "the deepest block's stochastic depth rate"),
+    ):
+        name = flag[2:].replace("-", "_")
+        parser.add_argument(flag, type=float, help=f"{meaning} (default: {recipe.default(name)})")
 
 
 DATA_ARGUMENTS = {
