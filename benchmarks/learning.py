@@ -83,6 +83,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=HERE / ".data", help="prepared data (default: %(default)s)")
     parser.add_argument("--out-dir", type=Path, help="run folders of both sides (default: a new temporary folder)")
     parser.add_argument("--plot", type=Path, default=HERE / "results" / "learning.png", help="(default: %(default)s)")
+    parser.add_argument(
+        "--replot",
+        type=Path,
+        nargs="+",
+        metavar="JSONL",
+        help="train nothing: table and plot the rows of these earlier outputs (the last row per journey, system and "
+        "budget wins)",
+    )
     args = parser.parse_args(argv)
     args.minutes = [float(m) for m in args.minutes.split(",") if m.strip()]
     args.journeys = [j.strip() for j in args.journeys.split(",") if j.strip()]
@@ -385,9 +393,10 @@ def flaxen_row(journey: str, data: Data, minutes: float, out_dir: Path) -> tuple
 # learning rate and weight decay, flaxen's AdamW betas and clipping, and the same schedule shape (linear warm-up over
 # the first 5%, cosine to 10% of the peak), laid over elapsed time / budget rather than steps: a loop with a fixed
 # number of minutes has no step count to schedule over. It trains on exactly the training split flaxen trained on
-# (the recipe's own data builder, fed the run's tokenizer and normalisation), with flaxen's default random crops for
-# images, and its clock covers building the model and training (flaxen's budget also covers compiling and its own
-# validation passes). The HF model is built from the flaxen run's config.json (HF's own initialisation).
+# (the recipe's own data builder, fed the run's tokenizer and normalisation), with the run's image augmentation as
+# run.json records it (random affine, label smoothing, Mixup/CutMix, in torch inside its timed steps; HF's ViT has no
+# stochastic depth), and its clock covers building the model and training (flaxen's budget also covers compiling
+# and its own validation passes). The HF model is built from the flaxen run's config.json (HF's own initialisation).
 def time_schedule(progress: float) -> float:
     """Learning-rate multiplier at `progress` = elapsed / budget: linear warm-up, then cosine to MIN_LR_RATIO."""
     if progress < WARMUP_FRACTION:
@@ -478,37 +487,117 @@ def peer_loss(journey: str) -> Callable:
         return model(input_ids=batch["token_ids"], attention_mask=batch["padding_mask"], labels=batch["labels"]).loss
 
     def images(model, batch):
-        return model(pixel_values=batch["images"].permute(0, 3, 1, 2), labels=batch["labels"]).loss
+        logits = model(pixel_values=batch["images"]).logits
+        return F.cross_entropy(logits.float(), batch["targets"] if "targets" in batch else batch["labels"])
 
     return {"gpt-shakespeare": causal_lm, "bert-tweets": classification}.get(journey, images)
 
 
-def random_crops(images: np.ndarray, rng: np.random.Generator, pad: int) -> np.ndarray:
-    """flaxen's default ViT augmentation: each image padded by `pad` zeros, then cropped back at a random offset."""
-    batch, height, width, _ = images.shape
-    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    offsets = rng.integers(0, 2 * pad + 1, (batch, 2))
-    return np.stack([p[top : top + height, left : left + width] for p, (top, left) in zip(padded, offsets)])
-
-
-def training_batches(train, batch_size: int, augment_pad: int | None) -> Iterator[dict[str, Any]]:
-    """Endless shuffled batches of the training split (epoch e in `default_rng([seed, e])` order), as torch tensors."""
+def random_affine(images, generator):
+    """flaxen.data.random_affine's defaults in torch: (B, C, H, W) rotated ±15°, zoomed 0.9–1.1, shifted ±10% of
+    the side about the centre, bilinear, edge pixels outside (grid_sample's "border")."""
     import torch
 
-    rng = np.random.default_rng(SEED)
+    batch, _, height, _ = images.shape
+    uniform = lambda low, high, *shape: low + (high - low) * torch.rand(*shape, generator=generator)  # noqa: E731
+    angle = torch.deg2rad(uniform(-15.0, 15.0, batch))
+    return affine(images, angle, uniform(0.9, 1.1, batch), uniform(-0.1, 0.1, batch, 2) * height)
+
+
+def affine(images, angle, zoom, shift):
+    """(B, C, H, W) images turned by `angle` (radians), zoomed by `zoom` and moved by `shift` (B, 2) (y, x) pixels."""
+    import torch
+    import torch.nn.functional as F
+
+    shift = shift * 2 / (images.shape[2] - 1)  # in grid units (align_corners)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack(  # output (x, y) -> input (x, y), as flaxen: R(-angle)·(p - shift)/zoom
+        [
+            torch.stack([cos, sin, -(cos * shift[:, 1] + sin * shift[:, 0])], dim=1),
+            torch.stack([-sin, cos, sin * shift[:, 1] - cos * shift[:, 0]], dim=1),
+        ],
+        dim=1,
+    )
+    grid = F.affine_grid(theta, list(images.shape), align_corners=True)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def mix_images(images, targets, generator, mixup_alpha: float, cutmix_alpha: float):
+    """flaxen.data.mix_images in torch: Mixup or CutMix (a coin flip per batch) with the batch rolled by one."""
+    import torch
+
+    if mixup_alpha <= 0 and cutmix_alpha <= 0:
+        return images, targets
+    partner_images, partner_targets = images.roll(1, 0), targets.roll(1, 0)
+    use_cutmix = mixup_alpha <= 0 or (cutmix_alpha > 0 and torch.rand((), generator=generator) < 0.5)
+    alpha = cutmix_alpha if use_cutmix else mixup_alpha
+    lam = float(np.random.default_rng(int(torch.randint(2**31, (), generator=generator))).beta(alpha, alpha))
+    if not use_cutmix:
+        return lam * images + (1 - lam) * partner_images, lam * targets + (1 - lam) * partner_targets
+    _, _, height, width = images.shape
+    cut = math.sqrt(1 - lam)
+    centre_y, centre_x = (torch.rand(2, generator=generator) * torch.tensor([height, width])).tolist()
+    rows, cols = torch.arange(height)[:, None] + 0.5, torch.arange(width)[None, :] + 0.5
+    inside = (
+        (rows >= max(0.0, centre_y - cut * height / 2))
+        & (rows < min(height, centre_y + cut * height / 2))
+        & (cols >= max(0.0, centre_x - cut * width / 2))
+        & (cols < min(width, centre_x + cut * width / 2))
+    )
+    lam = 1 - inside.float().mean()
+    return torch.where(inside, partner_images, images), lam * targets + (1 - lam) * partner_targets
+
+
+def training_batches(train, batch_size: int) -> Iterator[dict[str, Any]]:
+    """Endless shuffled batches of the training split (epoch e in `default_rng([seed, e])` order), as torch tensors;
+    images as (B, C, H, W)."""
+    import torch
+
     for epoch in range(sys.maxsize):
         order = np.random.default_rng([SEED, epoch]).permutation(len(train))
         for start in range(0, len(order) - batch_size + 1, batch_size):
             batch = {key: value[order[start : start + batch_size]] for key, value in train.arrays.items()}
-            if augment_pad and "images" in batch:
-                batch["images"] = random_crops(batch["images"], rng, augment_pad)
-            yield {
+            tensors = {
                 key: torch.from_numpy(value.astype(np.int64) if value.dtype == np.int32 else value)
                 for key, value in batch.items()
             }
+            if "images" in tensors:
+                tensors["images"] = tensors["images"].permute(0, 3, 1, 2).contiguous()
+            yield tensors
 
 
-def train_peer(model, batches: Iterator, loss_fn: Callable, *, lr: float, weight_decay: float, seconds: float, start):
+def image_augmentation(recorded: dict[str, Any], num_labels: int, seed: int = SEED) -> Callable | None:
+    """The flaxen run's image augmentation (run.json "data"), for the peer: batch -> batch with soft "targets"."""
+    import torch
+
+    if not recorded.get("augment"):
+        return None
+    generator = torch.Generator().manual_seed(seed)
+    smoothing = recorded.get("label_smoothing", 0.0)
+
+    def augment(batch):
+        targets = torch.nn.functional.one_hot(batch["labels"], num_labels).float() * (1 - smoothing)
+        targets += smoothing / num_labels
+        images = random_affine(batch["images"], generator)
+        images, targets = mix_images(
+            images, targets, generator, recorded.get("mixup", 0.0), recorded.get("cutmix", 0.0)
+        )
+        return batch | {"images": images, "targets": targets}
+
+    return augment
+
+
+def train_peer(
+    model,
+    batches: Iterator,
+    loss_fn: Callable,
+    *,
+    lr: float,
+    weight_decay: float,
+    seconds: float,
+    start,
+    augment: Callable | None = None,
+):
     """AdamW (decay on ≥2-D parameters), clip 1.0, time-based warm-up + cosine until the budget; (steps, last loss)."""
     import torch
 
@@ -526,7 +615,7 @@ def train_peer(model, batches: Iterator, loss_fn: Callable, *, lr: float, weight
         for group in optimizer.param_groups:
             group["lr"] = lr * time_schedule(elapsed / seconds)
         optimizer.zero_grad(set_to_none=True)
-        step_loss = loss_fn(model, batch)
+        step_loss = loss_fn(model, augment(batch) if augment else batch)
         step_loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
         optimizer.step()
@@ -594,15 +683,15 @@ def peer_row(journey: str, data: Data, minutes: float, reference: Path) -> dict[
         load_seconds = time.perf_counter() - started
         config = json.loads((reference / "config.json").read_text())
         batch_size, lr = recipe.default("batch_size"), flaxen_learning_rate(recipe, run.info)
-        augment = run.info["data"].get("augment")
-        pad = max(1, config["image_size"] // 14) if augment else None  # as flaxen.recipes.train_vit
+        augment = image_augmentation(run.info["data"], run.info.get("num_labels", 0))
         torch.manual_seed(SEED)
         start = time.perf_counter()
         model = hf_model(journey, run.info, config)
         steps, last_loss = train_peer(
             model,
-            training_batches(train, batch_size, pad),
+            training_batches(train, batch_size),
             peer_loss(journey),
+            augment=augment,
             lr=lr,
             weight_decay=recipe.default("weight_decay"),
             seconds=minutes * 60,
@@ -627,7 +716,7 @@ def peer_row(journey: str, data: Data, minutes: float, reference: Path) -> dict[
             "parameters": sum(p.numel() for p in model.parameters()),
             "batch_size": batch_size,
             "learning_rate": lr,
-            "augment_pad": pad,
+            "augment": {key: run.info["data"].get(key) for key in ("augment", "mixup", "cutmix", "label_smoothing")},
             "train_rows": len(train),
             "last_loss": round(last_loss, 4),
             "pretrained_from": run.info.get("start_from"),
@@ -824,8 +913,25 @@ def quiet_libraries() -> None:
     logging.getLogger("absl").setLevel(logging.ERROR)
 
 
+def replot(paths: list[Path], plot_path: Path) -> None:
+    """The table and plot of earlier runs' JSON lines."""
+    latest: dict[tuple, dict[str, Any]] = {}
+    for path in paths:
+        for line in path.read_text().splitlines():
+            row = json.loads(line) if line.startswith("{") else None
+            if row and row.get("journey") != "env":
+                latest[row["journey"], row_label(row), row.get("budget_minutes")] = row
+    ROWS.extend(latest.values())
+    budgets = sorted({row["budget_minutes"] for row in ROWS if row.get("budget_minutes") is not None})
+    print(markdown_table(ROWS, budgets))
+    plot(ROWS, plot_path)
+
+
 def main(args: argparse.Namespace) -> None:
     """Prepare each journey's data, run the baselines and both trained systems per budget, then table and plot."""
+    if args.replot:
+        replot(args.replot, args.plot)
+        return
     quiet_libraries()
     started = time.perf_counter()
     out_dir = args.out_dir or Path(tempfile.mkdtemp(prefix="flaxen-learning-"))
