@@ -39,6 +39,8 @@ def test_minutes_become_steps_from_the_measured_step_time_and_resume_keeps_them(
     texts, tmp_path, monkeypatch, batch_size, first_step, step
 ):
     monkeypatch.setattr(Trainer, "time_steps", lambda self, data, steps=5, seconds=0.0: (first_step, step))
+    first_batch, batch_seconds = 0.5, step / 3  # an evaluation batch: the first compiles
+    monkeypatch.setattr(Trainer, "time_evaluation", lambda self, data, batches=3: (first_batch, batch_seconds))
     run = tmp_path / "run"
     argv = [
         "pretrain",
@@ -56,11 +58,12 @@ def test_minutes_become_steps_from_the_measured_step_time_and_resume_keeps_them(
     assert main(argv) == 0
     plan = budget_of(run)
     batches = math.ceil(json.loads((run / "run.json").read_text())["validation_blocks"] / int(batch_size))
-    pass_seconds = min(batches, plan.get("eval_batches", batches)) * step / 3  # forward only: a third of a step
+    pass_seconds = min(batches, plan.get("eval_batches", batches)) * batch_seconds
     evaluating = (plan["evaluations"] + 1) * pass_seconds
     assert evaluating <= 0.1 * 6.0 + 1e-9  # evaluation's share of the 6 s
     assert ("eval_batches" in plan) == (batch_size == "1")  # only the second run had to shorten its evaluations
-    assert plan["steps"] == pytest.approx((6.0 - first_step - evaluating) / step, abs=3)  # the probe itself: ~0 s
+    compiling = first_step + first_batch - batch_seconds  # the run compiles its training and evaluation steps
+    assert plan["steps"] == pytest.approx((6.0 - compiling - evaluating) / step, abs=3)  # the probe itself: ~0 s
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert max(record["step"] for record in metrics) == plan["steps"]
     evaluations = [record["step"] for record in metrics if record["split"] == "validation"]
@@ -75,6 +78,7 @@ def test_minutes_become_steps_from_the_measured_step_time_and_resume_keeps_them(
 
 def test_a_budget_too_small_to_train_is_refused(texts, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(Trainer, "time_steps", lambda self, data, steps=5, seconds=0.0: (30.0, 0.5))
+    monkeypatch.setattr(Trainer, "time_evaluation", lambda self, data, batches=3: (0.5, 0.1))
     run = tmp_path / "run"
     assert main(["pretrain", "gpt", "--data", *texts, "--out", str(run), "--minutes", "0.2", *TINY]) == 2
     assert "--minutes 0.2 leaves no time to train" in capsys.readouterr().err

@@ -621,7 +621,8 @@ def _budget_plan(model, splits, out_dir: Path, options, *, resume: bool, augment
     plan = {}
     evaluation_seconds = 0.0
     if splits.validation is not None:
-        batch_seconds = step / 3  # forward only
+        first_batch, batch_seconds = probe.time_evaluation(splits.validation)
+        first_step += first_batch - batch_seconds  # the run compiles its evaluation step again too
         affordable = EVALUATION_SHARE * amount * 60
         batches = math.ceil(len(splits.validation) / options["batch_size"])
         if batches * batch_seconds > affordable / 2:  # two passes at least: one midway, the final one

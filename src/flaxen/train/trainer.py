@@ -169,6 +169,21 @@ class Trainer:
         after_compiling = durations[1:]
         return durations[0], float(np.median(after_compiling[len(after_compiling) // 2 :]))
 
+    def time_evaluation(self, data: Dataset, batches: int = 3) -> tuple[float, float]:
+        """(seconds of the first evaluation batch, compile included; median seconds of a batch after it)."""
+        params, non_params = self._placed_model_state()
+        key = jax.device_put(_run_keys(self.seed)[1], replicated(self.mesh))
+        durations = []
+        for index, batch in enumerate(itertools.islice(data.epoch_batches(self.batch_size), batches + 1)):
+            start = time.perf_counter()
+            jax.block_until_ready(
+                self._eval_step(
+                    params, non_params, jax.device_put(batch, self._batch_sharding), jax.random.fold_in(key, index)
+                )
+            )
+            durations.append(time.perf_counter() - start)
+        return durations[0], float(np.median(durations[1:] or durations))
+
     def _placed_model_state(self) -> tuple[nnx.State, nnx.State]:
         """The model's parameters and its other variables, moved to their shardings on the mesh."""
         state = nnx.state(self.model, nnx.Param, ...)
