@@ -103,4 +103,4 @@ def test_the_vit_recipe_with_its_augmentation_learns_mnist(tmp_path):
     final = flaxen.recipes.train_vit(tmp_path / "run", steps=1000, learning_rate=1e-3, progress=False)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["data"]["augment"] and json.loads((tmp_path / "run" / "config.json").read_text())["hidden_size"] == 128
-    assert final["validation_accuracy"] > 0.6, final  # chance is 0.1; 5 CLI minutes reach 0.97
+    assert final["validation_accuracy"] > 0.5, final  # chance is 0.1; here 0.67; 5 CLI minutes reach 0.97
