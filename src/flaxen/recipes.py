@@ -48,7 +48,7 @@ EVALUATIONS = 5  # per run, unless eval_every says otherwise (or a minutes budge
 EVALUATION_SHARE = 0.1  # of a minutes budget, at most, spent evaluating
 PROBE_SHARE = 0.02  # of a minutes budget spent timing steps, so the step count fits it
 # train-vit's small-data regularisation (DeiT; "How to train your ViT").
-MIXUP_ALPHA = 0.0  # Mixup and CutMix need long runs: at 5 minutes on MNIST-5k they cost 1.2 points
+MIXUP_ALPHA = 0.0  # Mixup and CutMix pay off only in long runs, so they are opt-in
 CUTMIX_ALPHA = 0.0
 LABEL_SMOOTHING = 0.1
 STOCHASTIC_DEPTH = 0.1
@@ -501,8 +501,8 @@ def mlm_blocks(files, tokenizer, max_length: int, *, encoding: str = "utf-8") ->
 def data_sized_vit(train_images: int) -> dict[str, Any]:
     """Width, depth and heads for a ViT trained from scratch on `train_images` images in minutes to hours.
 
-    Small sets want narrow models: on MNIST-5k a 128-wide ViT reaches 0.96 in two CPU minutes where the 256-wide
-    "small" preset reaches 0.88 (benchmarks/NOTES.md). Heads stay 32 wide; the MLP is 4× the width.
+    Small sets want narrow models, which take more steps in the same time. Heads stay 32 wide; the MLP is 4× the
+    width.
     """
     width = 128 if train_images < 100_000 else 192
     return {"hidden_size": width, "num_layers": 4, "num_heads": width // 32, "mlp_dim": 4 * width}

@@ -13,15 +13,14 @@ from flaxen.core import TransformerStack
 from flaxen.core.blocks import TransformerBlock
 
 
+def pre_ln(module_class, config):
+    init = config.weight_init()
+    return module_class(config, norm_first=True, kernel_init=init, out_kernel_init=init, rngs=nnx.Rngs(0))
+
+
 def test_a_block_skips_each_branch_for_its_rate_of_the_examples():
     config = ViTConfig.tiny(dropout=0.0)
-    block = TransformerBlock(
-        config,
-        norm_first=True,
-        kernel_init=config.weight_init(),
-        out_kernel_init=config.weight_init(),
-        rngs=nnx.Rngs(0),
-    )
+    block = pre_ln(TransformerBlock, config)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(4000, 3, config.hidden_size)), jnp.float32)
     out = np.asarray(block(x, rngs=nnx.Rngs(dropout=1), skip_rate=0.5))
     untouched = np.all(np.isclose(out, np.asarray(x), atol=1e-6), axis=(1, 2))
@@ -32,13 +31,7 @@ def test_a_block_skips_each_branch_for_its_rate_of_the_examples():
 
 def test_rates_grow_with_depth_from_zero_to_the_configured_rate():
     config = ViTConfig.tiny(num_layers=5, stochastic_depth=0.2)
-    stack = TransformerStack(
-        config,
-        norm_first=True,
-        kernel_init=config.weight_init(),
-        out_kernel_init=config.weight_init(),
-        rngs=nnx.Rngs(0),
-    )
+    stack = pre_ln(TransformerStack, config)
     np.testing.assert_allclose(stack.skip_rates, [0.0, 0.05, 0.1, 0.15, 0.2])
     with pytest.raises(ValueError, match="stochastic_depth"):
         ViTConfig.tiny(stochastic_depth=1.0)
