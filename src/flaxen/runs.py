@@ -6,6 +6,7 @@ tokenizer.json    the tokenizer, for text models
 checkpoints/      orbax checkpoints, latest N + best by validation loss (`flaxen.checkpoints`)
 metrics.jsonl     one line per log or evaluation; loss_curve.png plots it
 model.safetensors the final weights under flaxen's names
+eval-<data>.json  `flaxen eval` on held-out data, with eval-<data>-confusion.png for classifiers
 """
 
 from __future__ import annotations
@@ -117,6 +118,9 @@ def load_run(folder: str | Path, *, step: int | None = None) -> Run:
         raise ValueError(f"{folder} holds a {info.get('model_class')!r} run, which flaxen cannot load") from None
     config_file = folder / CONFIG_FILE
     config = CONFIG_CLASSES[json.loads(config_file.read_text()).get("config_class")].from_json(config_file)
+    names = tuple(info.get("label_names") or ())
+    if hasattr(config, "label_names") and not config.label_names and len(names) == config.num_labels:
+        config = config.replace(label_names=names)  # runs before 0.2 kept their label names in run.json only
     model = nnx.eval_shape(lambda: model_class(config, rngs=nnx.Rngs(0)))
     loaded_step = load_checkpoint(model, folder, step)
     model.eval()
@@ -146,6 +150,8 @@ def check_out_dir(folder: str | Path, model_class: type, *, resume: bool, overwr
         raise ValueError(f"--out {folder} is a file, not a folder")
     if resume and overwrite:
         raise ValueError("--resume and --overwrite contradict each other; pass one")
+    if resume and not is_run_folder(folder):
+        raise ValueError(f"nothing to resume in {folder}; drop --resume to start a run there")
     # A file still being written by a killed run's first moments does not make the folder taken.
     if not folder.is_dir() or all(path.name.endswith(PARTIAL_SUFFIX) for path in folder.iterdir()) or overwrite:
         return folder
@@ -182,6 +188,8 @@ def check_resumable(model: nnx.Module, folder: Path) -> None:
     saved = json.loads(config_file.read_text())
     saved.pop("config_class", None)  # the model class was checked above
     current = model.config.to_dict()
+    if "label_names" in current:  # runs before 0.2 kept their label names in run.json only
+        saved.setdefault("label_names", current["label_names"])
     # Fields added after the run was written take their defaults; execution switches may change on resume.
     defaults = {f.name: f.default for f in dataclasses.fields(model.config) if f.default is not dataclasses.MISSING}
     ignored = set(getattr(model.config, "EXECUTION_FIELDS", ()))

@@ -12,6 +12,8 @@ from flax import nnx
 
 from flaxen.core.activations import check_activation_name
 
+ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn", "blockwise")
+
 
 class ConfigMixin:
     """JSON round trip for frozen config dataclasses; unknown keys are an error, not silently dropped."""
@@ -90,7 +92,9 @@ class TransformerConfig(ConfigMixin):
     layer_norm_eps: float = 1e-5
     initializer_range: float = 0.02
     dtype: str = "float32"  # compute dtype; parameters stay float32
-    attention_implementation: str | None = None  # None lets JAX choose; "cudnn" for the fused GPU kernel
+    # None: automatic (long causal attention blockwise except on GPU); "xla", "cudnn" (GPU's fused kernel) or
+    # "blockwise" (core/blockwise.py) to choose.
+    attention_implementation: str | None = None
     # How the model runs, not what it computes: a run may resume with these changed.
     EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = ("scan_layers", "remat", "attention_implementation")
 
@@ -107,6 +111,16 @@ class TransformerConfig(ConfigMixin):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         check_activation_name(self.activation)
+        if self.attention_implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"unknown attention_implementation {self.attention_implementation!r}; choose one of "
+                f"{', '.join(map(str, ATTENTION_IMPLEMENTATIONS))}"
+            )
+        label_names = getattr(self, "label_names", ())  # the families with a classifier head have these two
+        if label_names and len(label_names) != self.num_labels:
+            raise ValueError(
+                f"{len(label_names)} label_names for num_labels={self.num_labels}; give one name per class"
+            )
 
     @property
     def head_dim(self) -> int:

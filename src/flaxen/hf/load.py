@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 from safetensors import SafetensorError, safe_open
 
-from flaxen.hf.table import ParamsTable, activation_from_hf, backbone_prefix, dotted, summarise
+from flaxen.hf.table import ParamsTable, activation_from_hf, backbone_prefix, default_label_names, dotted, summarise
 from flaxen.text.tokenizer import TOKENIZER_FILE, VOCAB_FILE, load_tokenizer
 
 CONFIG_FILE = "config.json"
@@ -131,7 +131,7 @@ def _read_folder(
             raise ValueError(
                 f"{folder} holds a flaxen {written_by} model; {cls.__name__} needs a {config_class.__name__} folder"
             )
-        config = config_class.from_dict(saved_config | config_overrides)
+        config = config_class.from_dict(_with_overrides(saved_config, config_overrides))
         return config, *_entries_from_flaxen(table, _read_tensors(weight_files))
     if saved_config.get("model_type") != table.model_type:
         found = saved_config.get("model_type", "no model_type")
@@ -140,8 +140,16 @@ def _read_folder(
             f"{cls.__name__} reads model_type {table.model_type!r}"
         )
     fields = _config_fields_from_hf(table, config_class, saved_config, report) | _tokenizer_fields(table, folder)
-    config = config_class.from_dict(fields | config_overrides)
+    config = config_class.from_dict(_with_overrides(fields, config_overrides))
     return config, *_entries_from_hf(table, config, _read_tensors(weight_files), report)
+
+
+def _with_overrides(fields: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The saved fields with the caller's changes; another `num_labels` without names drops the folder's names."""
+    names = fields.get("label_names", ())
+    if "label_names" not in overrides and overrides.get("num_labels", len(names)) != len(names):
+        fields = {name: value for name, value in fields.items() if name != "label_names"}
+    return fields | overrides
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -188,6 +196,9 @@ def _config_fields_from_hf(
     if "num_labels" in {f.name for f in dataclasses.fields(config_class)}:
         if "id2label" in hf_config:
             fields["num_labels"] = len(hf_config["id2label"])
+            names = tuple(str(hf_config["id2label"][str(i)]) for i in range(fields["num_labels"]))
+            if names != default_label_names(fields["num_labels"]):
+                fields["label_names"] = names
         elif "num_labels" in hf_config:
             fields["num_labels"] = hf_config["num_labels"]
     return fields

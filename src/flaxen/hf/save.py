@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,10 @@ from flax import nnx
 from safetensors.numpy import save_file
 
 from flaxen.hf.load import CONFIG_FILE, WEIGHTS_FILE
-from flaxen.hf.table import activation_to_hf, backbone_prefix, dotted
+from flaxen.hf.table import activation_to_hf, backbone_prefix, default_label_names, dotted
 
 FORMATS = ("hf", "flaxen")
+PREPROCESSOR_FILE = "preprocessor_config.json"  # a Hugging Face image model's resizing and normalisation
 
 
 def save_pretrained(model: nnx.Module, folder: Path, format: str) -> Path:
@@ -62,8 +64,9 @@ def _to_hf(model, params: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray],
             value = activation_to_hf(value)
         hf_config[key] = value
     if hasattr(config, "num_labels"):
-        hf_config["id2label"] = {str(i): f"LABEL_{i}" for i in range(config.num_labels)}
-        hf_config["label2id"] = {f"LABEL_{i}": i for i in range(config.num_labels)}
+        names = config.label_names or default_label_names(config.num_labels)
+        hf_config["id2label"] = {str(i): name for i, name in enumerate(names)}
+        hf_config["label2id"] = {name: i for i, name in enumerate(names)}
     tensors = {}
     for name, array in params.items():
         targets = table.to_hf(table.flaxen_backbone_prefix + name if is_backbone else name)
@@ -78,3 +81,18 @@ def _to_hf(model, params: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray],
         items = "\n".join(f"  - {item}" for item in unsupported)
         raise ValueError(f"cannot save {model_name} in Hugging Face layout:\n{items}")
     return tensors, hf_config
+
+
+def preprocessor_config(image_size: int, mean: Sequence[float], std: Sequence[float], scale: float) -> dict[str, Any]:
+    """A Hugging Face ViTImageProcessor's preprocessor_config.json for images prepared as flaxen's pipeline does."""
+    return {
+        "image_processor_type": "ViTImageProcessor",
+        "do_resize": True,
+        "size": {"height": image_size, "width": image_size},
+        "resample": 2,  # bilinear
+        "do_rescale": True,
+        "rescale_factor": scale,
+        "do_normalize": True,
+        "image_mean": list(mean),
+        "image_std": list(std),
+    }

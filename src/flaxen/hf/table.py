@@ -142,3 +142,8 @@ def summarise(names: Iterable[str]) -> list[str]:
     for name in names:
         groups[re.sub(r"\.\d+(?=\.)", ".*", name)].append(name)
     return sorted(f"{folded} (×{len(group)})" if len(group) > 1 else group[0] for folded, group in groups.items())
+
+
+def default_label_names(num_labels: int) -> tuple[str, ...]:
+    """Hugging Face's names for unnamed classes: LABEL_0, LABEL_1, ..."""
+    return tuple(f"LABEL_{i}" for i in range(num_labels))

@@ -25,6 +25,7 @@ class BertConfig(TransformerConfig):
     max_positions: int = 512
     type_vocab_size: int = 2
     num_labels: int = 2  # used by BertForSequenceClassification
+    label_names: tuple[str, ...] = ()  # the classes' names, in id order (empty: unnamed)
     layer_norm_eps: float = 1e-12
     # Token ids MLM needs; the defaults are flaxen's WordPiece layout ([PAD] [UNK] [CLS] [SEP] [MASK] = 0..4).
     pad_token_id: int = 0

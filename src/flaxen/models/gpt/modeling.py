@@ -25,6 +25,7 @@ class GPTConfig(TransformerConfig):
     vocab_size: int = 50257
     context_length: int = 1024
     num_labels: int = 2  # used by GPTForSequenceClassification
+    label_names: tuple[str, ...] = ()  # the classes' names, in id order (empty: unnamed)
     activation: str = "gelu_tanh"
     dropout: float = 0.0
 

@@ -36,6 +36,7 @@ class ViTConfig(TransformerConfig):
     patch_size: int = 16
     channels: int = 3
     num_labels: int = 1000
+    label_names: tuple[str, ...] = ()  # the classes' names, in id order (empty: unnamed)
     # Pretrain head: a tanh "pre-logits" layer of this width before the classifier (None: no such layer).
     representation_size: int | None = None
     # Finetune head: the classifier starts at zero, so a new head begins from uniform predictions.
