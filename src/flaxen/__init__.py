@@ -13,6 +13,7 @@ from flaxen.models.vit import ViT, ViTConfig, ViTForImageClassification
 
 if TYPE_CHECKING:
     from flaxen import data, text, train
+    from flaxen.predict import pipeline
     from flaxen.train import Trainer
 
 __version__ = "0.1.0.dev0"
@@ -24,6 +25,7 @@ __all__ = [
     "runtime",
     "generate",
     "generate_ids",
+    "pipeline",
     "text",
     "train",
     "Trainer",
@@ -45,6 +47,7 @@ _LAZY = {
     "text": ("flaxen.text", None),
     "train": ("flaxen.train", None),
     "Trainer": ("flaxen.train", "Trainer"),
+    "pipeline": ("flaxen.predict", "pipeline"),
 }
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 from flax import nnx
 
 from flaxen.hf import CONFIG_FILE, read_config_file
+from flaxen.hf.save import PREPROCESSOR_FILE, preprocessor_config
 from flaxen.models import DEFAULT_MODEL_CLASS, MODEL_CLASSES, model_class_named
 from flaxen.runs import is_run_folder, load_run, read_run_file
-from flaxen.text.tokenizer import HF_TOKENIZER_FILES
+from flaxen.text.tokenizer import HF_TOKENIZER_FILES, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 
 
 def model_class_for(folder: str | Path, model_class: str | None = None) -> type:
@@ -70,7 +72,21 @@ def convert(
         raise ValueError("the destination is the source folder; choose another folder")
     model = load_folder(source, model_class)
     model.save_pretrained(destination, format=to)
-    for name in HF_TOKENIZER_FILES:
+    for name in HF_TOKENIZER_FILES + (PREPROCESSOR_FILE,):
         if (source / name).is_file():
             shutil.copyfile(source / name, destination / name)
+    if is_run_folder(source):
+        write_preprocessing(model, read_run_file(source), destination)
     return destination
+
+
+def write_preprocessing(model: nnx.Module, info: dict, destination: Path) -> None:
+    """What a run (its run.json `info`) knows about its inputs, in Hugging Face's files: the image normalisation
+    (preprocessor_config.json), the text length (tokenizer_config.json)."""
+    if "mean" in info and hasattr(model.config, "image_size"):
+        settings = preprocessor_config(model.config.image_size, info["mean"], info["std"], info.get("scale", 1 / 255))
+        (destination / PREPROCESSOR_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+    max_length = info.get("data", {}).get("max_length")
+    if max_length and (destination / TOKENIZER_FILE).is_file() and not (destination / TOKENIZER_CONFIG_FILE).exists():
+        settings = {"model_max_length": max_length, "truncation_side": "right", "padding_side": "right"}
+        (destination / TOKENIZER_CONFIG_FILE).write_text(json.dumps(settings, indent=2) + "\n")

@@ -102,6 +102,9 @@ def test_image_folder_errors(tmp_path):
     with pytest.raises(ValueError, match="has no class subfolders"):
         image_folder(tmp_path / "flat")
     (tmp_path / "flat" / "cat").mkdir()
+    with pytest.raises(ValueError, match=r"has one class folder \(cat\); a classifier needs a subfolder"):
+        image_folder(tmp_path / "flat")
+    (tmp_path / "flat" / "dog").mkdir()
     with pytest.raises(ValueError, match="class folder .*cat has no images"):
         image_folder(tmp_path / "flat")
     (tmp_path / "flat" / "cat" / "broken.png").write_bytes(b"not a png")

@@ -174,3 +174,66 @@ def assert_parity(actual: dict[str, np.ndarray], expected: dict[str, np.ndarray]
     """Every output within TOLERANCE of the reference."""
     errors = max_errors(actual, expected)
     assert max(errors.values()) < TOLERANCE, errors
+
+
+# ------------------------------------------------------------------------------- pipelines on exported folders
+
+PIPELINE_TEXTS = [
+    "the king loves the fair queen",
+    "foul night",
+    "sweet life and honour, " * 12,  # longer than the model's 32 tokens: truncated on both sides
+    "blood",
+]
+SMALLEST = {"hidden_size": 32, "num_heads": 4, "mlp_dim": 64}  # fixtures live in git
+PIPELINE_LABELS = {"text-classification": ("negative", "neutral", "positive"), "image-classification": ("cat", "dog")}
+
+
+def pipeline_images() -> list:
+    """Four RGB images at the tiny ViT's 8×8 (seeded), as PIL images."""
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    return [Image.fromarray(image) for image in pixels]
+
+
+def build_pipeline_folder(task: str, folder: Path) -> Path:
+    """A flaxen classifier with named labels in a Hugging Face folder, written as `flaxen convert` writes a run's:
+    config with id2label, weights, tokenizer.json + tokenizer_config.json, or preprocessor_config.json."""
+    import jax
+    from flax import nnx
+
+    from flaxen import BertConfig, ViTConfig
+    from flaxen.convert import write_preprocessing
+    from flaxen.text import train_wordpiece
+
+    labels = PIPELINE_LABELS[task]
+    if task == "text-classification":
+        words = "the king queen love night day sword crown blood heart fair foul sweet death life honour and".split()
+        tokenizer = train_wordpiece(iter([" ".join(words[i:] + words[:i]) for i in range(len(words))]), vocab_size=80)
+        config = BertConfig.tiny(vocab_size=80, num_labels=3, label_names=labels, **SMALLEST)
+        model = BertForSequenceClassification(config, rngs=nnx.Rngs(0))
+        info = {"data": {"max_length": 32}}
+    else:
+        config = ViTConfig.tiny(image_size=8, channels=3, num_labels=2, label_names=labels, **SMALLEST)
+        model = ViTForImageClassification(config, rngs=nnx.Rngs(0))
+        info = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3], "scale": 1 / 255}
+    params = nnx.state(model, nnx.Param)
+    keys = iter(jax.random.split(jax.random.key(1), len(jax.tree.leaves(params))))
+    nnx.update(model, jax.tree.map(lambda x: x + 0.1 * jax.random.normal(next(keys), x.shape), params))
+    model.save_pretrained(folder)
+    if task == "text-classification":
+        tokenizer.save(str(folder / "tokenizer.json"))
+    write_preprocessing(model, info, folder)
+    return folder
+
+
+def hf_pipeline_scores(task: str, folder: Path) -> list[dict[str, float]]:
+    """Per input, every label's score from transformers' own pipeline for `task` on `folder`."""
+    import transformers
+
+    predictor = transformers.pipeline(task, model=str(folder), device="cpu")
+    if task == "text-classification":
+        outputs = predictor(PIPELINE_TEXTS, top_k=None, truncation=True)
+    else:
+        outputs = predictor(pipeline_images(), top_k=len(PIPELINE_LABELS[task]))
+    return [{entry["label"]: entry["score"] for entry in row} for row in outputs]

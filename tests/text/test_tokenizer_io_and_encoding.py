@@ -70,7 +70,7 @@ def test_load_tokenizer_errors_say_what_is_expected(tmp_path):
     with pytest.raises(ValueError, match="no tokenizer at .*nowhere"):
         load_tokenizer(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="neither tokenizer.json nor vocab.txt"):
+    with pytest.raises(ValueError, match="holds no tokenizer.json, vocab.txt or vocab.json"):
         load_tokenizer(tmp_path / "empty")
     (tmp_path / "broken.json").write_text('{"version": "1.0"}')
     with pytest.raises(ValueError, match="broken.json is not a tokenizer.json the tokenizers library can read"):

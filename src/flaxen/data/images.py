@@ -11,7 +11,7 @@ from einops import rearrange
 from PIL import Image, UnidentifiedImageError
 
 from flaxen.data.arrays import ArrayDataset, DataSplits, random_split
-from flaxen.data.labels import label_ids, label_values
+from flaxen.data.labels import check_several_labels, label_ids, label_values
 from flaxen.text.files import PathLike
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -37,6 +37,7 @@ def image_classification(
     if len(stacked) != len(labels):
         raise ValueError(f"got {len(stacked)} images but {len(labels)} labels")
     label_set = label_values(labels)
+    check_several_labels(label_set, "the image labels")
     ids, _ = label_ids(labels, label_set)
     scale = 1.0 / 255.0 if stacked.dtype == np.uint8 else 1.0
     raw = ArrayDataset({"images": stacked, "labels": ids})
@@ -44,8 +45,8 @@ def image_classification(
 
     channels = stacked.shape[-1]
     train_pixels = train["images"].astype(np.float32) * scale
-    mean = _per_channel(mean, channels, "mean") if mean is not None else train_pixels.mean(axis=(0, 1, 2))
-    std = _per_channel(std, channels, "std") if std is not None else train_pixels.std(axis=(0, 1, 2))
+    mean = per_channel(mean, channels, "mean") if mean is not None else train_pixels.mean(axis=(0, 1, 2))
+    std = per_channel(std, channels, "std") if std is not None else train_pixels.std(axis=(0, 1, 2))
     std = np.where(std > 0, std, 1.0).astype(np.float32)
     info = {
         "label_names": [str(label) for label in label_set],
@@ -78,6 +79,11 @@ def image_folder(
     class_folders = sorted(folder for folder in root.iterdir() if folder.is_dir())
     if not class_folders:
         raise ValueError(f"{root} has no class subfolders; expected {root}/<class name>/<image files>")
+    if len(class_folders) == 1:
+        raise ValueError(
+            f"{root} has one class folder ({class_folders[0].name}); a classifier needs a subfolder of images for "
+            "each of at least two classes"
+        )
     images, labels, files = [], [], []
     for folder in class_folders:
         folder_files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
@@ -132,7 +138,8 @@ def _stack_images(images: np.ndarray | Sequence[np.ndarray], names: Sequence[Any
     return np.stack(arrays)
 
 
-def _per_channel(value: float | Sequence[float], channels: int, name: str) -> np.ndarray:
+def per_channel(value: float | Sequence[float], channels: int, name: str) -> np.ndarray:
+    """(channels,) float32 from one value or one per channel; ValueError naming `name` otherwise."""
     values = np.asarray(value, dtype=np.float32).reshape(-1)
     if values.size == 1:
         values = np.repeat(values, channels)

@@ -21,8 +21,7 @@ def label_values(
     Raises ValueError for missing labels, a mix of strings and integers, negative integers, or a label in
     `labels` that never occurs in the data.
     """
-    values = [_clean_label(value, row) for row, value in enumerate(raw)]
-    present = set(values)
+    present = set(clean_labels(raw))
     if labels is not None:
         absent = [label for label in labels if label not in present]
         if absent:
@@ -46,10 +45,17 @@ def label_ids(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(ids int32 of the kept rows, keep bool mask over all rows): rows whose label is outside the set are dropped."""
     index = {label: i for i, label in enumerate(label_set)}
-    values = [_clean_label(value, row) for row, value in enumerate(raw)]
+    values = clean_labels(raw)
     keep = np.array([value in index and (label_filter is None or label_filter(value)) for value in values], dtype=bool)
     ids = np.array([index[value] for value, kept in zip(values, keep) if kept], dtype=np.int32)
     return ids, keep
+
+
+def check_several_labels(label_set: Sequence[Label], where: str) -> None:
+    """ValueError unless there are at least two classes: a one-class classifier learns nothing."""
+    if len(label_set) < 2:
+        found = f"only the label {label_set[0]!r}" if label_set else "no labels"
+        raise ValueError(f"{where} has {found}; a classifier needs examples of at least two labels")
 
 
 def check_num_labels(splits: DataSplits, num_labels: int) -> None:
@@ -61,6 +67,11 @@ def check_num_labels(splits: DataSplits, num_labels: int) -> None:
             f"the data has {len(names)} labels ({shown}) but the model has num_labels={num_labels}; "
             f"build the model with num_labels={len(names)} or pass labels=[...] to keep {num_labels} of them"
         )
+
+
+def clean_labels(raw: Sequence[Any]) -> list[Label]:
+    """Each raw label as a str or int (1.0 from a CSV becomes 1); ValueError naming a row without a usable label."""
+    return [_clean_label(value, row) for row, value in enumerate(raw)]
 
 
 def _clean_label(value: Any, row: int) -> Label:

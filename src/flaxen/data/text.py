@@ -11,7 +11,7 @@ from einops import rearrange
 from tokenizers import Tokenizer
 
 from flaxen.data.arrays import ArrayDataset, DataSplits, random_split, validation_size
-from flaxen.data.labels import Label, label_ids, label_values
+from flaxen.data.labels import Label, check_several_labels, label_ids, label_values
 from flaxen.text.files import PathLike, as_paths, check_decodable, read_text_file
 from flaxen.text.tokenizer import EOS_TOKEN, encode_batch, encode_documents
 
@@ -105,7 +105,7 @@ def text_classification(
     `validation_fraction` of the rows.
     """
     sources = {"train": Path(path)} | ({"validation": Path(validation)} if validation is not None else {})
-    tables = {split: _load_table(source, encoding) for split, source in sources.items()}
+    tables = {split: load_table(source, encoding) for split, source in sources.items()}
     for split, table in tables.items():
         missing = [column for column in (text_column, label_column) if column not in table.column_names]
         if missing:
@@ -115,6 +115,7 @@ def text_classification(
             )
     raw_labels = {split: list(table[label_column]) for split, table in tables.items()}
     label_set = label_values([value for values in raw_labels.values() for value in values], labels, label_filter)
+    check_several_labels(label_set, f"the {label_column!r} column of {sources['train']}")
     splits = {
         split: _labelled_arrays(
             table, sources[split], tokenizer, text_column, raw_labels[split], label_set, label_filter, max_length
@@ -175,7 +176,7 @@ def _labelled_arrays(
     )
 
 
-def _load_table(path: PathLike, encoding: str) -> datasets.Dataset:
+def load_table(path: PathLike, encoding: str) -> datasets.Dataset:
     """One data file as a `datasets.Dataset`, the format chosen by its extension."""
     path = Path(path)
     if path.suffix.lower() not in _TABLE_FORMATS:
@@ -199,7 +200,7 @@ def _load_table(path: PathLike, encoding: str) -> datasets.Dataset:
 
 def table_texts(path: PathLike, text_column: str = "text", *, encoding: str = "utf-8") -> list[str]:
     """The non-empty texts of one column of a CSV/TSV/JSON/JSONL/parquet file (e.g. to train a tokenizer on)."""
-    table = _load_table(path, encoding)
+    table = load_table(path, encoding)
     if text_column not in table.column_names:
         raise ValueError(
             f"{path} has no column {text_column!r}; its columns are: {', '.join(table.column_names)} "

@@ -2,7 +2,8 @@
 
 `train_bpe` / `train_wordpiece` train one (from files, or from an iterator of texts); `load_tokenizer` /
 `save_tokenizer` move one to and from disk; `encode_batch` turns texts into fixed-shape numpy `token_ids` and
-`padding_mask`; `encode_documents` gives whole documents' ids without special tokens; `special_token_ids` finds
+`padding_mask`; `encode_truncated` the same ids unpadded;
+`encode_documents` gives whole documents' ids without special tokens; `special_token_ids` finds
 pad/unk/cls/sep/mask/eos. Bad input raises one `ValueError` that says what was wrong and what to do.
 """
 
@@ -12,7 +13,9 @@ from flaxen.text.tokenizer import (
     EOS_TOKEN,
     encode_batch,
     encode_documents,
+    encode_truncated,
     load_tokenizer,
+    pad_token_id,
     save_tokenizer,
     special_token_ids,
     train_bpe,
@@ -24,7 +27,9 @@ __all__ = [
     "EOS_TOKEN",
     "encode_batch",
     "encode_documents",
+    "encode_truncated",
     "load_tokenizer",
+    "pad_token_id",
     "read_text_file",
     "save_tokenizer",
     "special_token_ids",

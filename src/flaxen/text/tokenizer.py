@@ -19,8 +19,16 @@ from flaxen.text.files import PathLike, iter_training_texts
 TOKENIZER_FILE = "tokenizer.json"
 VOCAB_FILE = "vocab.txt"  # a Hugging Face BERT folder's WordPiece vocabulary, one token per line
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+BPE_VOCAB_FILE, BPE_MERGES_FILE = "vocab.json", "merges.txt"  # a Hugging Face GPT-2 folder's byte-level BPE
 # What a Hugging Face folder may keep of its tokenizer; copied along when a model folder is converted.
-HF_TOKENIZER_FILES = (TOKENIZER_FILE, VOCAB_FILE, TOKENIZER_CONFIG_FILE, "special_tokens_map.json")
+HF_TOKENIZER_FILES = (
+    TOKENIZER_FILE,
+    VOCAB_FILE,
+    BPE_VOCAB_FILE,
+    BPE_MERGES_FILE,
+    TOKENIZER_CONFIG_FILE,
+    "special_tokens_map.json",
+)
 EOS_TOKEN = "<|endoftext|>"
 BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 SPECIAL_TOKEN_NAMES = {
@@ -108,9 +116,11 @@ def load_tokenizer(path: PathLike) -> Tokenizer:
         raise ValueError(f"no tokenizer at {path}: expected a tokenizer.json file or a folder containing one")
     if (path / VOCAB_FILE).is_file():
         return _bert_tokenizer_from_vocab(path)
+    if (path / BPE_VOCAB_FILE).is_file() and (path / BPE_MERGES_FILE).is_file():
+        return _byte_level_bpe_from_files(path)
     raise ValueError(
-        f"{path} holds neither tokenizer.json nor vocab.txt; "
-        f"give a folder saved by save_tokenizer or a Hugging Face BERT folder"
+        f"{path} holds no tokenizer.json, vocab.txt or vocab.json + merges.txt; "
+        f"give a folder saved by save_tokenizer or a Hugging Face BERT or GPT-2 folder"
     )
 
 
@@ -134,8 +144,7 @@ def encode_batch(tokenizer: Tokenizer, texts: Sequence[str], max_length: int) ->
     `padding_mask` is True at real tokens and False at padding. Padding uses [PAD], else `<|endoftext|>`, else 0.
     Special tokens ([CLS] ... [SEP]) are added as the tokenizer's post-processor says; truncation keeps them.
     """
-    ids = special_token_ids(tokenizer)
-    pad_id = ids.get("pad", ids.get("eos", 0))
+    pad_id = pad_token_id(tokenizer)
     with _temporary_settings(tokenizer):
         tokenizer.enable_truncation(max_length=max_length)
         tokenizer.enable_padding(length=max_length, pad_id=pad_id, pad_token=tokenizer.id_to_token(pad_id) or "")
@@ -144,6 +153,19 @@ def encode_batch(tokenizer: Tokenizer, texts: Sequence[str], max_length: int) ->
     token_ids = np.array([e.ids for e in encodings], dtype=np.int32).reshape(shape)
     padding_mask = np.array([e.attention_mask for e in encodings], dtype=bool).reshape(shape)
     return {"token_ids": token_ids, "padding_mask": padding_mask}
+
+
+def pad_token_id(tokenizer: Tokenizer) -> int:
+    """The id rows are padded with: [PAD], else `<|endoftext|>`, else 0."""
+    ids = special_token_ids(tokenizer)
+    return ids.get("pad", ids.get("eos", 0))
+
+
+def encode_truncated(tokenizer: Tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids of each text with its special tokens, truncated to `max_length` as `encode_batch` does, unpadded."""
+    with _temporary_settings(tokenizer):
+        tokenizer.enable_truncation(max_length=max_length)
+        return [e.ids for e in tokenizer.encode_batch(list(texts))]
 
 
 def encode_documents(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
@@ -192,4 +214,19 @@ def _bert_tokenizer_from_vocab(folder: Path) -> Tokenizer:
     tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     _set_bert_pipeline(tokenizer, lowercase=bool(config.get("do_lower_case", True)))
     _set_bert_post_processor(tokenizer)
+    return tokenizer
+
+
+def _byte_level_bpe_from_files(folder: Path) -> Tokenizer:
+    """GPT-2's tokenizer from its vocab.json and merges.txt (no special tokens added on encode)."""
+    try:
+        model = models.BPE.from_file(str(folder / BPE_VOCAB_FILE), str(folder / BPE_MERGES_FILE))
+    except Exception as err:  # the Rust side raises a bare Exception for unreadable files
+        raise ValueError(f"cannot read the BPE files in {folder}: {err}") from None
+    tokenizer = Tokenizer(model)
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    if tokenizer.token_to_id(EOS_TOKEN) is not None:
+        tokenizer.add_special_tokens([EOS_TOKEN])
     return tokenizer

@@ -1,0 +1,185 @@
+"""Scoring a trained model on held-out data the user keeps apart: classification reports and language-model scores.
+
+`evaluate_held_out(folder, data=...)` labels a held-out table (text classifiers) or class-subfolder image folder
+(image classifiers) with the model's pipeline and reports accuracy, macro-F1, per-class precision and recall and
+the confusion matrix, written as JSON and PNG into the run folder; for a language model it scores text files.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flaxen.data.images import IMAGE_SUFFIXES
+from flaxen.data.labels import clean_labels
+from flaxen.data.text import load_table
+from flaxen.predict import (
+    ImageClassificationPipeline,
+    LanguageModelPipeline,
+    pipeline,
+)
+
+
+def classification_report(true_ids: np.ndarray, predicted_ids: np.ndarray, label_names: Sequence[str]) -> dict:
+    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix (rows: true class)."""
+    count = len(label_names)
+    matrix = np.zeros((count, count), np.int64)
+    np.add.at(matrix, (np.asarray(true_ids), np.asarray(predicted_ids)), 1)
+    hits = np.diag(matrix).astype(np.float64)
+    predicted, support = matrix.sum(axis=0), matrix.sum(axis=1)
+    precision = np.divide(hits, predicted, out=np.zeros(count), where=predicted > 0)
+    recall = np.divide(hits, support, out=np.zeros(count), where=support > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(count), where=precision + recall > 0)
+    present = support > 0  # a class absent from the held-out data has no recall to average
+    return {
+        "examples": int(matrix.sum()),
+        "accuracy": float(hits.sum() / max(matrix.sum(), 1)),
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "per_class": {
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(label_names)
+        },
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def plot_confusion_matrix(matrix: Sequence[Sequence[int]], label_names: Sequence[str], path: Path) -> Path:
+    """A PNG heat map of the confusion matrix with its counts (rows: true class, columns: predicted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = np.asarray(matrix)
+    side = min(2 + 0.5 * len(label_names), 16)
+    figure, axes = plt.subplots(figsize=(side + 1, side))
+    image = axes.imshow(matrix, cmap="Blues")
+    axes.set(
+        xticks=range(len(label_names)),
+        yticks=range(len(label_names)),
+        xlabel="predicted",
+        ylabel="true",
+        title="confusion matrix",
+    )
+    axes.set_xticklabels(label_names, rotation=45, ha="right")
+    axes.set_yticklabels(label_names)
+    if len(label_names) <= 30:
+        threshold = matrix.max() / 2
+        for (row, column), value in np.ndenumerate(matrix):
+            color = "white" if value > threshold else "black"
+            axes.text(column, row, str(value), ha="center", va="center", color=color, fontsize=8)
+    figure.colorbar(image, ax=axes)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def evaluate_held_out(
+    folder: str | Path,
+    *,
+    data: str | Path | Sequence[str | Path] | None = None,
+    images: str | Path | None = None,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    encoding: str | None = None,
+    batch_size: int | None = None,
+    write: bool = True,
+) -> dict[str, Any]:
+    """Score the model in `folder` (a run, or a model folder) on held-out data it never trained on.
+
+    Text classifiers take a table `data` (columns default to the run's); image classifiers a class-subfolder
+    folder `images`; language models text files `data`. A held-out label the model never had is a ValueError.
+    With `write`, classifier reports go to `folder/eval-<data name>.json` and `...-confusion.png`.
+    """
+    folder = Path(folder)
+    predictor = pipeline(model=folder, **({} if batch_size is None else {"batch_size": batch_size}))
+    recorded = _recorded_data(folder)
+    if isinstance(predictor, LanguageModelPipeline):
+        if data is None or images is not None:
+            raise ValueError("a language model is evaluated on text files: pass --data FILE...")
+        files = [Path(file) for file in ([data] if isinstance(data, (str, Path)) else data)]
+        return {"data": [str(file) for file in files]} | predictor.score(
+            files, encoding=encoding or recorded.get("encoding", "utf-8")
+        )
+    if isinstance(predictor, ImageClassificationPipeline):
+        if images is None or data is not None:
+            raise ValueError(
+                "an image classifier is evaluated on an image folder: pass --images DIR (one subfolder per class)"
+            )
+        source = Path(images)
+        files, raw_labels = _labelled_image_files(source)
+        true_names, probabilities = raw_labels, predictor.probabilities(files)
+    else:
+        if data is None or images is not None or not isinstance(data, (str, Path)):
+            raise ValueError("a text classifier is evaluated on one table: pass --data FILE (CSV/TSV/JSON/parquet)")
+        source = Path(data)
+        text_column = text_column or recorded.get("text_column", "text")
+        label_column = label_column or recorded.get("label_column", "label")
+        table = load_table(source, encoding or recorded.get("encoding", "utf-8"))
+        missing = [column for column in (text_column, label_column) if column not in table.column_names]
+        if missing:
+            raise ValueError(
+                f"{source} has no column {', '.join(map(repr, missing))}; its columns are: "
+                f"{', '.join(table.column_names)} (choose with --text-column / --label-column)"
+            )
+        true_names = [str(label) for label in clean_labels(table[label_column])]
+        probabilities = predictor.probabilities(list(table[text_column]))
+    true_ids = _check_labels(true_names, predictor.label_names, source)
+    report = {"data": str(source)} | classification_report(
+        true_ids, probabilities.argmax(axis=-1), predictor.label_names
+    )
+    if write:
+        stem = f"eval-{source.stem or 'held-out'}"
+        (folder / f"{stem}.json").write_text(_json(report))
+        report["report_file"] = str(folder / f"{stem}.json")
+        report["confusion_plot"] = str(
+            plot_confusion_matrix(report["confusion_matrix"], predictor.label_names, folder / f"{stem}-confusion.png")
+        )
+    return report
+
+
+def _recorded_data(folder: Path) -> dict[str, Any]:
+    from flaxen.runs import is_run_folder, read_run_file
+
+    return read_run_file(folder).get("data", {}) if is_run_folder(folder) else {}
+
+
+def _labelled_image_files(root: Path) -> tuple[list[Path], list[str]]:
+    """Every image file below `root/<class name>/`, with its class name."""
+    if not root.is_dir():
+        raise ValueError(f"no such folder: {root}")
+    files, labels = [], []
+    for class_folder in sorted(path for path in root.iterdir() if path.is_dir()):
+        found = sorted(f for f in class_folder.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        files += found
+        labels += [class_folder.name] * len(found)
+    if not files:
+        raise ValueError(f"{root} has no images in class subfolders; expected {root}/<class name>/<image files>")
+    return files, labels
+
+
+def _check_labels(true_names: Sequence[str], label_names: Sequence[str], source: Path) -> np.ndarray:
+    """Held-out labels as the model's class ids; ValueError naming the labels the model never had."""
+    index = {name: i for i, name in enumerate(label_names)}
+    unknown = sorted({name for name in true_names if name not in index})
+    if unknown:
+        shown = ", ".join(map(repr, unknown[:10])) + (", ..." if len(unknown) > 10 else "")
+        raise ValueError(
+            f"{source} has label(s) {shown} that the model never had (its labels: {', '.join(label_names)}); "
+            "remove those rows or evaluate a model trained on them"
+        )
+    return np.array([index[name] for name in true_names], np.int64)
+
+
+def _json(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2) + "\n"
