@@ -7,9 +7,12 @@ import jax.numpy as jnp
 from einops import rearrange
 from flax import nnx
 
-from flaxen.core import masks
+from flaxen.core import blockwise, masks
 from flaxen.core.config import TransformerConfig
 from flaxen.core.linear import Linear
+
+BLOCKWISE_MIN_LENGTH = 256  # causal attention this long (two blocks) skips its masked half (core/blockwise.py)
+BLOCK_SIZE = 128
 
 
 class MultiHeadAttention(nnx.Module):
@@ -49,10 +52,27 @@ class MultiHeadAttention(nnx.Module):
                 mask, is_causal = masks.combine(mask, masks.causal_at(query_at, x.shape[1])), False
         if self.attention_dropout > 0 and not self.deterministic:
             mask = masks.combine(mask, self._drop_keys(rngs, query.shape[:2], x.shape[1], query_at))
-        attended = jax.nn.dot_product_attention(
-            query, key, value, mask=mask, is_causal=is_causal, implementation=self.implementation
-        )
+        if is_causal and self._blockwise(x.shape[1], mask):
+            key_valid = None if mask is None else mask[:, 0, 0, :]
+            attended = blockwise.causal_attention(query, key, value, key_valid, block_size=BLOCK_SIZE)
+        else:
+            attended = jax.nn.dot_product_attention(
+                query, key, value, mask=mask, is_causal=is_causal, implementation=self.implementation
+            )
         return self.out(rearrange(attended, "b t n h -> b t (n h)"))
+
+    def _blockwise(self, length: int, mask: jax.Array | None) -> bool:
+        """Whether causal attention over `length` tokens with `mask` takes the blockwise path.
+
+        "blockwise" asks for it; None (auto) takes it from BLOCKWISE_MIN_LENGTH tokens where no fused kernel
+        exists (not on GPU, whose cuDNN kernel is the better choice). Either way only a padding mask (B, 1, 1, S)
+        or none: other masks (DropKey's) take `jax.nn.dot_product_attention`.
+        """
+        padding_only = mask is None or (mask.ndim == 4 and mask.shape[1:3] == (1, 1))
+        if self.implementation == "blockwise":
+            return padding_only
+        auto = self.implementation is None and jax.default_backend() != "gpu"
+        return auto and padding_only and length >= BLOCKWISE_MIN_LENGTH
 
     def decode(
         self, x: jax.Array, kv_cache: tuple[jax.Array, jax.Array], cache_index: jax.Array, mask: jax.Array
