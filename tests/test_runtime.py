@@ -127,3 +127,28 @@ def test_the_command_line_relaunches_but_calls_from_python_do_not(monkeypatch, t
     assert flaxen.cli.main(args) == 2 and calls == []
     monkeypatch.setattr(sys, "argv", ["flaxen", *args])
     assert flaxen.cli.main() == 2 and calls == ["relaunch"]
+
+
+def test_the_compilation_cache_folder_follows_the_variable_and_the_user_cache():
+    from flaxen.runtime import compilation_cache_folder
+
+    assert compilation_cache_folder({"XDG_CACHE_HOME": "/c"}) == Path("/c/flaxen/xla")
+    assert compilation_cache_folder({"FLAXEN_COMPILATION_CACHE": "/elsewhere"}) == Path("/elsewhere")
+    assert all(compilation_cache_folder({"FLAXEN_COMPILATION_CACHE": off}) is None for off in ("off", "0", "", "none"))
+    assert compilation_cache_folder({}) == Path.home() / ".cache" / "flaxen" / "xla"
+
+
+def test_the_command_keeps_compiled_programs_and_a_second_run_reads_them(tmp_path):
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    (tmp_path / "text.txt").write_text("the king and the queen of the night. " * 400)
+    env = os.environ | {"FLAXEN_COMPILATION_CACHE": str(cache), "FLAXEN_ALLOCATOR": "system"}
+    command = [sys.executable, "-m", "flaxen.cli", "pretrain", "gpt", "--data", str(tmp_path / "text.txt")]
+    command += ["--preset", "tiny", "--vocab-size", "300", "--steps", "2", "--no-progress", "--out", str(run)]
+    subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    entries = {path.name for path in cache.iterdir() if not path.name.startswith(".")}
+    assert any("train_step" in name for name in entries), entries  # the training step is kept
+    env["JAX_LOG_COMPILES"] = "1"  # jax logs "Persistent compilation cache hit" when it reads one
+    env["JAX_DEBUG_LOG_MODULES"] = "jax._src.compiler"
+    again = subprocess.run(command + ["--overwrite"], env=env, capture_output=True, text=True, check=True)
+    assert "cache hit" in again.stderr.lower()
+    assert {path.name for path in cache.iterdir() if not path.name.startswith(".")} >= entries

@@ -1,10 +1,13 @@
-"""Process settings that only take effect when the interpreter starts: the memory allocator on CPU.
+"""Process settings for the `flaxen` command: the memory allocator on CPU, and the persistent compilation cache.
 
 XLA:CPU allocates each compiled step's scratch memory from the C allocator and frees it when the step ends; glibc
 serves allocations that large with a fresh `mmap`, so every step page-faults all of it back in. Backing large
 allocations with transparent huge pages (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`) avoids that, but glibc reads
 the variable once, at process start: `relaunch_with_fast_allocator()` relaunches the process with it, and the
 `flaxen` command calls it.
+
+`enable_compilation_cache()` keeps compiled XLA programs on disk (under the user's cache folder), so a repeated or
+resumed run skips compiling its step; `FLAXEN_COMPILATION_CACHE` moves it (a folder) or turns it off ("off").
 
 This module itself imports nothing heavy; importing it loads the `flaxen` package (models only), which is what a
 relaunch repeats.
@@ -22,6 +25,9 @@ HUGE_PAGE_TUNABLE = "glibc.malloc.hugetlb=1"
 OPT_OUT_VARIABLE = "FLAXEN_ALLOCATOR"  # set to "system" to keep the C allocator's defaults
 _RELAUNCHED_VARIABLE = "FLAXEN_RELAUNCHED"
 TRANSPARENT_HUGE_PAGES = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+CACHE_VARIABLE = "FLAXEN_COMPILATION_CACHE"  # a folder for compiled programs, or "off"
+CACHE_MIN_COMPILE_SECONDS = 0.5  # programs that compile faster than this are not worth a disk read
+CACHE_MAX_BYTES = 2 << 30  # least recently used entries go beyond this; a bound also turns on JAX's file lock
 _MIN_GLIBC = (2, 35)  # the release that added glibc.malloc.hugetlb
 
 
@@ -99,3 +105,37 @@ def _version(text: str) -> tuple[int, ...]:
             break
         parts.append(int(part))
     return tuple(parts) or (0,)
+
+
+def compilation_cache_folder(environ: Mapping[str, str] | None = None) -> Path | None:
+    """Where compiled programs are kept: $FLAXEN_COMPILATION_CACHE, else $XDG_CACHE_HOME/flaxen/xla (default
+    ~/.cache/flaxen/xla); None when that variable says off (off, none, 0, false, or empty)."""
+    environ = os.environ if environ is None else environ
+    chosen = environ.get(CACHE_VARIABLE)
+    if chosen is not None:
+        return None if chosen.strip().lower() in ("", "off", "none", "0", "false") else Path(chosen).expanduser()
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "flaxen" / "xla"
+
+
+def enable_compilation_cache(folder: Path | None = None) -> Path | None:
+    """Turn on JAX's persistent compilation cache in `folder` (default: `compilation_cache_folder()`); the folder.
+
+    Entries are keyed by the program, the compiler version and the device, so a run never reads another setup's
+    program. With a size bound JAX takes a file lock around every read and write, so runs sharing the folder at the
+    same time never read an entry half-written. An unwritable folder leaves caching off rather than failing the run.
+    """
+    folder = compilation_cache_folder() if folder is None else folder
+    if folder is None:
+        return None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_SECONDS)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
+    return folder
