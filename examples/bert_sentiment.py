@@ -46,6 +46,7 @@ def main(
         eval_every=max(1, mlm_steps // 4),
         eval_batches=20,
         progress=progress,
+        tokenizer=tokenizer,
     )
     mlm_start = trainer.evaluate(blocks.validation)
     mlm_final = trainer.fit(blocks, steps=mlm_steps, overwrite=True)
@@ -60,7 +61,8 @@ def main(
         max_length=max_length,
         encoding="latin-1",
     )
-    classifier = flaxen.BertForSequenceClassification(config.replace(num_labels=2), rngs=nnx.Rngs(1))
+    labels = {"num_labels": 2, "label_names": tuple(tweets_data.info["label_names"])}
+    classifier = flaxen.BertForSequenceClassification(config.replace(**labels), rngs=nnx.Rngs(1))
     nnx.update(classifier.bert, nnx.state(mlm.bert, nnx.Param))
     trainer = flaxen.Trainer(
         classifier,
@@ -69,6 +71,7 @@ def main(
         batch_size=32,
         eval_every=max(1, finetune_steps // 3),
         progress=progress,
+        tokenizer=tokenizer,
     )
     final = trainer.fit(tweets_data, steps=finetune_steps, overwrite=True)
     majority = max(tweets_data.info["train_label_counts"]) / sum(tweets_data.info["train_label_counts"])

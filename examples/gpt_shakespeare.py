@@ -34,6 +34,7 @@ def main(
         eval_every=max(1, steps // 5),
         eval_batches=20,
         progress=progress,
+        tokenizer=tokenizer,
     )
     start = trainer.evaluate(data.validation)
     final = trainer.fit(data, steps=steps, overwrite=True)

@@ -134,6 +134,94 @@ def test_eval_scores_the_run_on_its_validation_data(workspace, run, capsys):
     assert np.isfinite(scores["loss"]) and 0.0 <= scores["accuracy"] <= 1.0
 
 
+def test_predict_labels_texts_from_flags_stdin_and_a_table(workspace, capsys, monkeypatch, tmp_path):
+    import io
+
+    run = str(workspace["clf"])
+    assert main(["predict", "--run", run, "--text", "fair day", "--text", "foul night"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in records] == ["fair day", "foul night"]
+    assert all(r["label"] in ("negative", "positive") and set(r["scores"]) == {"negative", "positive"} for r in records)
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("fair day\n\nfoul night\n"))
+    assert main(["predict", "--run", run]) == 0
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == records
+
+    output = tmp_path / "predictions.csv"
+    assert main(["predict", "--run", run, "--data", str(workspace["table"]), "--output", str(output)]) == 0
+    import csv
+
+    rows = list(csv.DictReader(output.open()))
+    assert len(rows) == 60 and {"id", "text", "label", "score", "score_negative", "score_positive"} <= set(rows[0])
+    before = output.read_bytes()
+    assert main(["predict", "--run", run, "--text", "fair", "--output", str(output)]) == 2  # never overwritten
+    assert "--overwrite" in capsys.readouterr().err and output.read_bytes() == before
+
+
+def test_eval_on_a_held_out_table_agrees_with_predict(workspace, capsys, tmp_path):
+    run, table = workspace["clf"], workspace["table"]
+    assert main(["predict", "--run", str(run), "--data", str(table), "--output", str(tmp_path / "p.jsonl")]) == 0
+    predicted = [json.loads(line)["label"] for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    truth = [line.rsplit(",", 1)[1] for line in table.read_text().splitlines()[1:]]
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run), "--data", str(table)]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["accuracy"] == pytest.approx(np.mean(np.array(predicted) == np.array(truth)), abs=1e-6)
+    assert "macro-F1" in out and np.sum(report["confusion_matrix"]) == 60
+    assert (run / "eval-tweets.json").is_file() and (run / "eval-tweets-confusion.png").is_file()
+
+
+def test_predict_and_eval_images_and_language_model_scores(workspace, capsys):
+    assert main(["predict", "--run", str(workspace["vit"]), "--images", str(workspace["images"] / "a")]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(records) == 12 and records[0]["path"].endswith("0.png") and records[0]["label"] in ("a", "b")
+    assert main(["eval", "--run", str(workspace["vit"]), "--images", str(workspace["images"])]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["examples"] == 24
+    assert main(["eval", "--run", str(workspace["gpt"]), "--data", *workspace["texts"]]) == 0
+    score = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0 < score["bits_per_character"] < 8 and score["perplexity"] == pytest.approx(np.exp(score["loss"]))
+    assert main(["predict", "--run", str(workspace["gpt"]), "--text", "the king and the queen"]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"] > 0
+
+
+def test_generate_from_a_hugging_face_gpt2_folder_with_either_tokenizer_layout(workspace, tmp_path, capsys):
+    from tokenizers import Tokenizer
+
+    hf = tmp_path / "hf"
+    assert main(["convert", str(workspace["gpt"]), str(hf)]) == 0
+    greedy = ["generate", "--model", str(hf), "--prompt", "the king", "--max-new-tokens", "6", "--temperature", "0"]
+    capsys.readouterr()
+    assert main(greedy) == 0
+    from_tokenizer_json = capsys.readouterr().out
+    assert from_tokenizer_json.startswith("the king") and len(from_tokenizer_json.split("\n")[0]) > len("the king")
+    Tokenizer.from_file(str(hf / "tokenizer.json")).model.save(str(hf))  # GPT-2's vocab.json + merges.txt
+    (hf / "tokenizer.json").unlink()
+    assert main(greedy) == 0
+    assert capsys.readouterr().out == from_tokenizer_json
+
+
+def test_the_readme_python_journey_leaves_a_run_the_shell_can_use(workspace, tmp_path, capsys):
+    from flax import nnx
+
+    import flaxen
+
+    tok = flaxen.text.train_bpe(workspace["texts"], vocab_size=300)
+    config = flaxen.GPTConfig.tiny(vocab_size=tok.get_vocab_size(), context_length=16)
+    data = flaxen.data.text_blocks(workspace["texts"], tok, block_size=config.context_length + 1)
+    for folder, tokenizer in ((tmp_path / "with", tok), (tmp_path / "without", None)):
+        model = flaxen.GPTForCausalLM(config, rngs=nnx.Rngs(0))
+        trainer = flaxen.Trainer(
+            model, flaxen.train.adamw(1e-3), folder, batch_size=4, progress=False, tokenizer=tokenizer
+        )
+        trainer.fit(data, steps=2)
+    capsys.readouterr()
+    assert main(["generate", "--run", str(tmp_path / "with"), "--prompt", "the king", "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.startswith("the king")
+    assert main(["generate", "--run", str(tmp_path / "without"), "--prompt", "the king"]) == 2
+    assert "has no tokenizer" in capsys.readouterr().err
+
+
 def test_resume_continues_a_run_to_more_steps(workspace, capsys):
     texts = workspace["texts"]
     args = ["pretrain", "gpt", "--data", *texts, "--vocab-size", "300", "--out", str(workspace["gpt"])]
@@ -157,6 +245,11 @@ def bad_inputs(workspace):
     no_label.write_text("text,stars\nfair day,5\nfoul night,1\n")
     three_labels = write_table(root / "three.csv", labels=("negative", "neutral", "positive"))
     mixed = write_images(root / "mixed", sizes=((8, 8), (10, 10)))
+    one_label = write_table(root / "one_label.csv", labels=("positive",))
+    one_class = root / "one_class"
+    (one_class / "a").mkdir(parents=True, exist_ok=True)
+    for image in sorted((ws["images"] / "a").glob("*.png"))[:3]:
+        (one_class / "a" / image.name).write_bytes(image.read_bytes())
     gpt = ["pretrain", "gpt", "--vocab-size", "300", *TRAIN]
     return {
         "missing file": ([*gpt, "--data", str(root / "nope.txt"), "--out", str(root / "new1")], "no such file"),
@@ -189,8 +282,32 @@ def bad_inputs(workspace):
             "unknown preset",
         ),
         "unknown flag": (["train", "vit", "--wings"], "unrecognized arguments"),
-        "generate from a ViT run": (["generate", "--run", str(ws["vit"])], "needs a GPT run"),
+        "generate from a ViT run": (["generate", "--run", str(ws["vit"])], "needs a text-generation model"),
         "eval of a non-run folder": (["eval", "--run", str(root)], "not a flaxen run folder"),
+        "a table with one label": (
+            ["finetune", "bert", "--data", str(one_label), "--out", str(root / "new2"), *TRAIN],
+            "has only the label 'positive'; a classifier needs examples of at least two labels",
+        ),
+        "resume with nothing to resume": (
+            [*gpt, "--data", *texts, "--out", str(root / "new3"), "--resume"],
+            "nothing to resume in",
+        ),
+        "an image folder with one class": (
+            ["train", "vit", "--images", str(one_class), "--out", str(root / "new4"), *TRAIN],
+            "has one class folder (a); a classifier needs",
+        ),
+        "held-out label the model never had": (
+            ["eval", "--run", str(ws["clf"]), "--data", str(three_labels)],
+            "label(s) 'neutral' that the model never had",
+        ),
+        "images for a text classifier": (
+            ["predict", "--run", str(ws["clf"]), "--images", str(ws["images"])],
+            "reads text, not images",
+        ),
+        "predict output that exists": (
+            ["predict", "--run", str(ws["clf"]), "--text", "fair", "--output", str(ws["table"])],
+            "already exists; choose a new file or pass --overwrite",
+        ),
     }
 
 
@@ -209,6 +326,12 @@ CASES = [
     "unknown flag",
     "generate from a ViT run",
     "eval of a non-run folder",
+    "a table with one label",
+    "resume with nothing to resume",
+    "an image folder with one class",
+    "held-out label the model never had",
+    "images for a text classifier",
+    "predict output that exists",
 ]
 
 
@@ -224,7 +347,7 @@ def test_bad_input_gets_one_line_exit_two_and_changes_nothing(workspace, bad_inp
     assert expected in lines[0]
     assert "Traceback" not in captured.err + captured.out
     assert {name: snapshot(workspace[name]) for name in ("gpt", "vit")} == before
-    for i in range(1, 9):
+    for i in range(1, 10):
         assert not (workspace["root"] / f"new{i}").exists()
 
 

@@ -200,9 +200,10 @@ def run_chain(runner: Runner, out_dir: Path, seed: int, seconds_per_run: float) 
     rng = random.Random(seed)
     log = out_dir.with_suffix(".log")
     kills = []
-    for attempt in range(KILLS_PER_CHAIN):
+    for _ in range(KILLS_PER_CHAIN):
         writes = CheckpointWrites(out_dir)
-        process = runner.start(out_dir, resume=attempt > 0, log=log)
+        # A run killed before it wrote run.json left nothing to resume: it is started again, as a user would.
+        process = runner.start(out_dir, resume=(out_dir / "run.json").is_file(), log=log)
         kind, ready = kill_moment(rng, out_dir, writes, seconds_per_run)
         kill_when(process, ready)
         kills.append({"kind": kind, "while_writing": bool(writes.in_progress()), "latest": restore_latest(out_dir)})

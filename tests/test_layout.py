@@ -46,7 +46,18 @@ def test_lower_layers_do_not_import_higher_ones(folder, forbidden):
     assert {file: names for file, names in offenders.items() if names} == {}
 
 
-@pytest.mark.parametrize("module", ["flaxen.runs", "flaxen.train", "flaxen.recipes", "flaxen.convert", "flaxen.hf"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "flaxen.runs",
+        "flaxen.train",
+        "flaxen.recipes",
+        "flaxen.convert",
+        "flaxen.hf",
+        "flaxen.predict",
+        "flaxen.evaluation",
+    ],
+)
 def test_every_module_imports_first(module):
     subprocess.run([sys.executable, "-c", f"import {module}"], check=True, capture_output=True, timeout=120)
 

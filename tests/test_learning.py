@@ -99,7 +99,7 @@ def test_bf16_compute_reaches_the_fp32_loss_within_two_percent(plays, tmp_path):
 
 
 def test_the_vit_recipe_with_its_augmentation_learns_mnist(tmp_path):
-    # The recipe's defaults end to end: a data-sized model, random affine, label smoothing, stochastic depth.
+    # The recipe's defaults end to end: a data-sized model, random affine, label smoothing.
     final = flaxen.recipes.train_vit(tmp_path / "run", steps=1000, learning_rate=1e-3, progress=False)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["data"]["augment"] and json.loads((tmp_path / "run" / "config.json").read_text())["hidden_size"] == 128

@@ -31,6 +31,21 @@ def test_epochs_become_the_steps_that_cover_the_training_split(texts, tmp_path):
     assert budget_of(run) == {"epochs": 0.5, "steps": math.ceil(0.5 * info["train_blocks"] / 4)}
 
 
+def test_schedule_and_gradient_accumulation_from_the_shell_are_used_and_recorded(texts, tmp_path):
+    run = tmp_path / "run"
+    flags = ["--steps", "8", "--warmup", "2", "--schedule", "linear", "--grad-accum", "2", "--lr", "1e-3"]
+    assert main(["pretrain", "gpt", "--data", *texts, "--out", str(run), *flags, *TINY]) == 0
+    recorded = json.loads((run / "run.json").read_text())["training"]
+    assert recorded | {"schedule": "linear", "grad_accum": 2, "warmup": 2, "learning_rate": 1e-3} == recorded
+    rates = {
+        r["step"]: r["learning_rate"]
+        for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+        if r["split"] == "train"
+    }
+    # Updates every 2 batches: the update after batch 8 used the rate of batch 6 on the linear way to 1e-4.
+    assert rates[8] == pytest.approx(1e-3 - 0.9e-3 * (6 - 2) / (8 - 2), rel=1e-4)
+
+
 @pytest.mark.parametrize(
     ("batch_size", "first_step", "step"),
     [("4", 3.0, 0.05), ("1", 1.0, 0.2)],  # the second: the full validation split would not fit evaluation's share
@@ -91,7 +106,9 @@ def test_a_budget_too_small_to_train_is_refused(texts, tmp_path, capsys, monkeyp
         (["--steps", "4", "--minutes", "1"], "not allowed with argument --steps"),
         (["--epochs", "0"], "--epochs must be a positive number"),
         (["--minutes", "nan"], "--minutes must be a positive number"),
-        (["--steps", "4", "--lr", "nan"], "a finite learning_rate > 0"),
+        (["--steps", "4", "--lr", "nan"], "--lr must be a finite number above 0, got nan"),
+        (["--steps", "4", "--weight-decay", "-1"], "--weight-decay must be a finite number of at least 0"),
+        (["--steps", "4", "--warmup", "4"], "--warmup 4 must be below the run's 4 steps"),
     ],
 )
 def test_bad_budgets_get_one_line_and_exit_code_2(texts, tmp_path, capsys, arguments, message):
@@ -148,3 +165,11 @@ def test_the_default_patch_leaves_at_least_four_by_four_patches_of_at_most_16_pi
     assert vit_config("small", image_size=image_size, channels=1, num_labels=2).patch_size == patch
     assert vit_config("small", image_size=image_size, channels=1, num_labels=2, patch_size=1).patch_size == 1
     assert vit_config("Ti/1", image_size=image_size, channels=1, num_labels=2).patch_size == 1  # a variant's own
+
+
+def test_pretrain_gpt_without_data_trains_on_its_default_data(tmp_path, monkeypatch):
+    plays = flaxen.data.shakespeare_files()[:2]  # two of the plays, to keep the test quick
+    monkeypatch.setattr(flaxen.data, "shakespeare_files", lambda: plays)
+    run = tmp_path / "run"
+    assert main(["pretrain", "gpt", "--out", str(run), "--steps", "2", *TINY]) == 0
+    assert json.loads((run / "run.json").read_text())["data"]["files"] == [str(path) for path in plays]

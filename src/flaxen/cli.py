@@ -133,6 +133,8 @@ DATA_ARGUMENTS = {
 
 
 def _training_arguments(parser: argparse.ArgumentParser, recipe) -> None:
+    from flaxen.train.optim import SCHEDULES
+
     default = recipe.default
     presets = recipe.config_class.preset_help()
     parser.add_argument("--preset", default=default("preset"), help=f"model size: {presets} ({recipe.note('preset')})")
@@ -161,12 +163,34 @@ def _training_arguments(parser: argparse.ArgumentParser, recipe) -> None:
     )
     parser.add_argument("--warmup", type=int, help="warm-up steps (default: 5%% of --steps)")
     parser.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default=default("schedule"),
+        help="learning rate after the warm-up: decays to a tenth by the last step (cosine, linear) or stays "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--grad-accum",
+        type=int,
+        default=default("grad_accum"),
+        metavar="K",
+        help="average the gradients of K batches per update: K × --batch-size rows per update in the memory of "
+        "one batch (default: %(default)s)",
+    )
+    parser.add_argument(
         "--weight-decay",
         type=float,
         default=default("weight_decay"),
         help="AdamW decay on matrices (default: %(default)s)",
     )
     parser.add_argument("--eval-every", type=int, help="steps between evaluations and checkpoints (default: --steps/5)")
+    parser.add_argument(
+        "--early-stopping",
+        type=int,
+        metavar="N",
+        help="stop when N evaluations in a row have not improved the validation metric (accuracy for classifiers, "
+        "loss otherwise); default: train the whole budget",
+    )
     parser.add_argument(
         "--seed", type=int, default=default("seed"), help="seed for init, data order and dropout (default: %(default)s)"
     )
@@ -205,6 +229,12 @@ def _training_arguments(parser: argparse.ArgumentParser, recipe) -> None:
     resume.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     resume.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    parser.add_argument(
+        "--no-tensorboard",
+        dest="tensorboard",
+        action="store_false",
+        help="no TensorBoard event files in the run folder (metrics.jsonl and the loss curve are always written)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -224,8 +254,15 @@ def build_parser() -> argparse.ArgumentParser:
         _training_arguments(journey, recipe)
         journey.set_defaults(recipe=recipe.name)
 
-    generate = commands.add_parser("generate", help="sample text from a GPT run")
-    generate.add_argument("--run", default="runs/gpt", help="GPT run folder (default: %(default)s)")
+    generate = commands.add_parser("generate", help="sample text from a GPT run or a Hugging Face GPT-2 folder")
+    generate.add_argument(
+        "--run",
+        "--model",
+        dest="run",
+        metavar="FOLDER",
+        default="runs/gpt",
+        help="GPT run folder, or a Hugging Face GPT-2 / flaxen model folder (default: %(default)s)",
+    )
     generate.add_argument(
         "--prompt", action="append", help="prompt text; repeat for a batch (default: an empty prompt)"
     )
@@ -249,10 +286,52 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("--overwrite", action="store_true", help="write into a non-empty destination")
 
-    evaluate = commands.add_parser("eval", help="score a run's best checkpoint on its validation data")
-    evaluate.add_argument("--run", required=True, help="run folder")
+    predict = commands.add_parser(
+        "predict", help="label texts or images with a trained classifier, or score texts with a language model"
+    )
+    _model_folder_argument(predict)
+    predict.add_argument("--text", action="append", help="a text; repeat for more (default: the lines on stdin)")
+    predict.add_argument(
+        "--data",
+        nargs="+",
+        metavar="FILE",
+        help="a table (CSV/TSV/JSON/JSONL/parquet) of texts to classify, or text files for a language model",
+    )
+    predict.add_argument("--text-column", help="the table's text column (default: the run's, else text)")
+    predict.add_argument("--images", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
+    predict.add_argument("--encoding", help="encoding of --data (default: the run's, else utf-8)")
+    predict.add_argument("--output", metavar="FILE", help="write a .jsonl or .csv file instead of JSON lines on stdout")
+    predict.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    predict.add_argument("--batch-size", type=int, help="inputs per compiled call (default: 32 texts, 64 images)")
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="score a model on held-out data (--data / --images), or a run's best checkpoint on its validation split",
+    )
+    _model_folder_argument(evaluate)
+    evaluate.add_argument(
+        "--data",
+        nargs="+",
+        metavar="FILE",
+        help="held-out table with texts and labels (text classifiers), or text files (language models)",
+    )
+    evaluate.add_argument("--images", metavar="DIR", help="held-out images, one subfolder per class (ViT)")
+    evaluate.add_argument("--text-column", help="the table's text column (default: the run's, else text)")
+    evaluate.add_argument("--label-column", help="the table's label column (default: the run's, else label)")
+    evaluate.add_argument("--encoding", help="encoding of --data (default: the run's, else utf-8)")
     evaluate.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
     return parser
+
+
+def _model_folder_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--run",
+        "--model",
+        dest="run",
+        required=True,
+        metavar="FOLDER",
+        help="a flaxen run folder (its best checkpoint), or a Hugging Face / flaxen model folder",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -264,9 +343,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # --help
         return int(exit_.code or 0)
     if argv is None and args.command != "convert":  # a real command line, not a call from Python
-        from flaxen.runtime import relaunch_with_fast_allocator
+        from flaxen.runtime import enable_compilation_cache, relaunch_with_fast_allocator
 
         relaunch_with_fast_allocator()
+        enable_compilation_cache()
     _quiet_libraries()
     from flaxen.train import TrainingDiverged
 
@@ -294,27 +374,80 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wrote {written} ({'Hugging Face' if args.to == 'hf' else 'flaxen'} layout)")
         return 0
     if args.command == "eval":
-        _report(recipes.evaluate_run(args.run, batch_size=args.batch_size), title="evaluation")
+        if args.data is None and args.images is None:
+            _report(recipes.evaluate_run(args.run, batch_size=args.batch_size), title="evaluation")
+            return 0
+        from flaxen.evaluation import evaluate_held_out
+
+        report = evaluate_held_out(
+            args.run,
+            data=args.data[0] if args.data and len(args.data) == 1 else args.data,
+            images=args.images,
+            text_column=args.text_column,
+            label_column=args.label_column,
+            encoding=args.encoding,
+            batch_size=args.batch_size,
+        )
+        _print_classification_table(report)
+        _report(report | {"run": args.run}, title="evaluation")
         return 0
+    if args.command == "predict":
+        return _predict(args)
     recipe = recipes.RECIPES[args.recipe]
-    arguments = {name: value for name, value in vars(args).items() if name in recipe.parameters and value is not None}
+    # Unset flags take the recipe's defaults; a data argument the recipe requires is passed as None (its default data).
+    required = {name for name, parameter in recipe.parameters.items() if parameter.default is parameter.empty}
+    arguments = {
+        name: value
+        for name, value in vars(args).items()
+        if name in recipe.parameters and (value is not None or name in required)
+    }
     _report(recipe(**arguments, config_overrides=_config_overrides(args)), title="training")
     return 0
 
 
-def _generate(args: argparse.Namespace) -> int:
-    from flaxen.generate import generate
-    from flaxen.runs import load_run
+def _predict(args: argparse.Namespace) -> int:
+    from flaxen.predict import pipeline, predict_records, read_lines, write_records
+    from flaxen.runs import is_run_folder, read_run_file
 
-    run = load_run(args.run)
-    if run.tokenizer is None or not hasattr(run.model, "gpt"):
-        raise ValueError(
-            f"{args.run} holds a {type(run.model).__name__} run; generate needs a GPT run (flaxen pretrain gpt)"
-        )
+    recorded = read_run_file(args.run).get("data", {}) if is_run_folder(args.run) else {}
+    predictor = pipeline(model=args.run, **({} if args.batch_size is None else {"batch_size": args.batch_size}))
+    texts = args.text or []
+    if not (texts or args.data or args.images):
+        if sys.stdin.isatty():
+            raise ValueError("nothing to predict: pass --text, --data FILE or --images PATH, or pipe lines to stdin")
+        texts = read_lines(sys.stdin)
+        if not texts:
+            raise ValueError("stdin held no lines to predict")
+    records = predict_records(
+        predictor,
+        texts=texts,
+        data=args.data or [],
+        text_column=args.text_column or recorded.get("text_column", "text"),
+        images=args.images or [],
+        encoding=args.encoding or recorded.get("encoding", "utf-8"),
+    )
+    write_records(records, args.output, overwrite=args.overwrite)
+    return 0
+
+
+def _print_classification_table(report: dict) -> None:
+    """Per-class precision, recall, F1 and support, then the accuracy and macro-F1 (classifiers only)."""
+    if "per_class" not in report:
+        return
+    width = max(len("class"), *(len(name) for name in report["per_class"]))
+    print(f"{'class':<{width}}  precision  recall     f1  support")
+    for name, row in report["per_class"].items():
+        print(f"{name:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1']:5.3f}  {row['support']:7d}")
+    print(f"accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} on {report['examples']} examples")
+    print(f"report: {report['report_file']}  confusion matrix: {report['confusion_plot']}")
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from flaxen.predict import pipeline
+
+    language_model = pipeline("text-generation", args.run)
     prompts = args.prompt or [""]
-    texts = generate(
-        run.model,
-        run.tokenizer,
+    texts = language_model.generate(
         prompts,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,

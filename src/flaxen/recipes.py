@@ -35,7 +35,6 @@ from flaxen.runs import (
     load_run,
     read_run_file,
     recipe_of,
-    write_atomically,
     write_run_files,
 )
 
@@ -46,12 +45,22 @@ if TYPE_CHECKING:
 BUDGETS = ("steps", "epochs", "minutes")
 EVALUATIONS = 5  # per run, unless eval_every says otherwise (or a minutes budget cannot afford them)
 EVALUATION_SHARE = 0.1  # of a minutes budget, at most, spent evaluating
+# What run.json records of how the run trains.
+TRAINING_SETTINGS = (
+    "batch_size",
+    "learning_rate",
+    "schedule",
+    "warmup",
+    "weight_decay",
+    "grad_accum",
+    "early_stopping",
+)
 PROBE_SHARE = 0.02  # of a minutes budget spent timing steps, so the step count fits it
 # train-vit's small-data regularisation (DeiT; "How to train your ViT").
 MIXUP_ALPHA = 0.0  # Mixup and CutMix pay off only in long runs, so they are opt-in
 CUTMIX_ALPHA = 0.0
 LABEL_SMOOTHING = 0.1
-STOCHASTIC_DEPTH = 0.1
+STOCHASTIC_DEPTH = 0.0  # like Mixup: it slows learning in budgets of minutes, so it is opt-in
 
 
 def training_options(
@@ -68,6 +77,10 @@ def training_options(
     compute_dtype: str | None = None,
     progress: bool = True,
     fsdp: int = 1,
+    schedule: str = "cosine",
+    grad_accum: int = 1,
+    early_stopping: int | None = None,
+    tensorboard: bool = True,
 ) -> dict[str, Any]:
     """Trainer and optimizer settings shared by every recipe, checked up front.
 
@@ -84,8 +97,20 @@ def training_options(
     ((budget, amount),) = given.items()
     if not math.isfinite(amount) or amount <= 0 or (budget == "steps" and amount != int(amount)):
         raise ValueError(f"--{budget} must be a positive {'whole ' if budget == 'steps' else ''}number, got {amount}")
-    if batch_size < 1 or not learning_rate > 0 or not math.isfinite(learning_rate):
-        raise ValueError(f"need batch_size >= 1 and a finite learning_rate > 0 (got {batch_size}, {learning_rate})")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    if not (learning_rate > 0 and math.isfinite(learning_rate)):
+        raise ValueError(f"--lr must be a finite number above 0, got {learning_rate}")
+    if not (weight_decay >= 0 and math.isfinite(weight_decay)):
+        raise ValueError(f"--weight-decay must be a finite number of at least 0, got {weight_decay}")
+    if warmup is not None and warmup < 0:
+        raise ValueError(f"--warmup must be at least 0 steps, got {warmup}")
+    if schedule not in flaxen.train.optim.SCHEDULES:
+        raise ValueError(f"--schedule {schedule!r} is unknown; choose one of {', '.join(flaxen.train.optim.SCHEDULES)}")
+    if grad_accum < 1:
+        raise ValueError(f"--grad-accum must be at least 1 batch, got {grad_accum}")
+    if early_stopping is not None and early_stopping < 1:
+        raise ValueError(f"--early-stopping must be at least 1 evaluation, got {early_stopping}")
     mesh = flaxen.train.make_mesh(fsdp=fsdp)
     flaxen.train.sharding.check_batch_size(batch_size, mesh)
     return {
@@ -99,6 +124,10 @@ def training_options(
         "compute_dtype": compute_dtype,
         "progress": progress,
         "mesh": mesh,
+        "schedule": schedule,
+        "grad_accum": grad_accum,
+        "early_stopping": early_stopping,
+        "tensorboard": tensorboard,
     }
 
 
@@ -223,7 +252,8 @@ def finetune_bert(
     splits = flaxen.data.text_classification(table, tokenizer, max_length=max_length, seed=options["seed"], **columns)
     num_labels = num_labels or splits.info["num_labels"]
     flaxen.data.check_num_labels(splits, num_labels)
-    model = _classifier_from(start_from, tokenizer, preset, num_labels, max_length, options["seed"], config_overrides)
+    labelled = {"num_labels": num_labels, "label_names": tuple(splits.info["label_names"])}
+    model = _classifier_from(start_from, tokenizer, preset, labelled, max_length, options["seed"], config_overrides)
     recorded = columns | {
         "table": str(table),
         "labels": list(columns["labels"] or []) or None,
@@ -284,8 +314,8 @@ def train_vit(
     The small-data ViT recipe of DeiT and "How to train your ViT": with `augment`, each training batch is rotated,
     scaled and shifted at random, and labels are smoothed by `label_smoothing`; Mixup (`mixup`, its Beta α) and
     CutMix (`cutmix`) mix the batch when their α is above 0 (off by default: they pay off only in long runs).
-    Residual branches are skipped at up to `stochastic_depth`. All of it runs on the device inside the training
-    step. Images are never mirrored: digits and text change meaning.
+    Residual branches are skipped at up to `stochastic_depth` (off by default, as it slows learning in short runs).
+    All of it runs on the device inside the training step. Images are never mirrored: digits and text change meaning.
     """
     options = training_options(**options)
     out_dir = check_out_dir(out_dir, ViTForImageClassification, resume=resume, overwrite=overwrite)
@@ -313,7 +343,7 @@ def train_vit(
         num_labels=splits.info["num_labels"],
         patch_size=patch_size,
         overrides=(data_sized_vit(len(splits.train)) if preset is None else {})
-        | {"stochastic_depth": stochastic_depth}
+        | {"stochastic_depth": stochastic_depth, "label_names": tuple(splits.info["label_names"])}
         | (config_overrides or {}),
     )
     model = ViTForImageClassification(config, rngs=nnx.Rngs(options["seed"]))
@@ -560,27 +590,38 @@ def _fit(
     steps, evaluations = plan["steps"], plan.get("evaluations", EVALUATIONS)
     options = options | {
         "steps": steps,
-        "warmup": max(1, steps // 20) if options["warmup"] is None else options["warmup"],
+        "warmup": min(max(1, steps // 20), steps - 1) if options["warmup"] is None else options["warmup"],
         "eval_every": options["eval_every"] or max(1, math.ceil(steps / evaluations)),
         "eval_batches": plan.get("eval_batches"),
     }
-    run_info = run_info | {"seed": options["seed"], "budget": options["budget"] | plan}
+    if options["warmup"] >= steps:
+        raise ValueError(f"--warmup {options['warmup']} must be below the run's {steps} steps")
+    run_info = run_info | {
+        "seed": options["seed"],
+        "budget": options["budget"] | plan,
+        "training": {name: options[name] for name in TRAINING_SETTINGS},
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
-    # The run files before the tokenizer: run.json marks the folder as a flaxen run, so a run killed at any later
-    # moment can be resumed (and a resumed run without a tokenizer.json trains the same tokenizer again).
+    # run.json marks the folder as a flaxen run, so a run killed at any later moment can be resumed (and a resumed
+    # run without a tokenizer.json trains the same tokenizer again; the Trainer saves it).
     if not (resume and is_run_folder(out_dir)):
         write_run_files(model, out_dir, run_info)
-    if tokenizer is not None and not (resume and (out_dir / TOKENIZER_FILE).exists()):
-        write_atomically(out_dir / TOKENIZER_FILE, tokenizer.to_str(pretty=True))
-    trainer = _trainer(model, out_dir, options, run_info=run_info, augment=augment, best_metric=best_metric)
+    trainer = _trainer(
+        model, out_dir, options, run_info=run_info, augment=augment, best_metric=best_metric, tokenizer=tokenizer
+    )
     final = trainer.fit(splits, options["steps"], resume=resume, overwrite=overwrite)
     return {"run": str(out_dir), **final, "wall_seconds": time.perf_counter() - budget_start}
 
 
-def _trainer(model, out_dir: Path, options, *, run_info=None, augment=None, best_metric: str = "loss"):
+def _trainer(model, out_dir: Path, options, *, run_info=None, augment=None, best_metric: str = "loss", tokenizer=None):
     """The Trainer and AdamW schedule a recipe's options describe (`options["steps"]` set)."""
     optimizer = flaxen.train.adamw(
-        options["learning_rate"], warmup=options["warmup"], total=options["steps"], weight_decay=options["weight_decay"]
+        options["learning_rate"],
+        warmup=options["warmup"],
+        total=options["steps"],
+        weight_decay=options["weight_decay"],
+        schedule=options["schedule"],
+        accumulate_steps=options["grad_accum"],
     )
     return flaxen.Trainer(
         model,
@@ -596,6 +637,9 @@ def _trainer(model, out_dir: Path, options, *, run_info=None, augment=None, best
         augment=augment,
         mesh=options["mesh"],
         best_metric=best_metric,
+        tokenizer=tokenizer,
+        early_stopping=options["early_stopping"],
+        tensorboard=options["tensorboard"],
     )
 
 
@@ -666,15 +710,16 @@ def _classifier_from(
     start_from: Path | None,
     tokenizer,
     preset: str,
-    num_labels: int,
+    labelled: dict[str, Any],
     max_length: int,
     seed: int,
     overrides: dict[str, Any] | None,
 ) -> BertForSequenceClassification:
-    """A fresh classifier (`start_from` None), or one whose encoder comes from a flaxen run or a Hugging Face folder."""
+    """A fresh classifier (`start_from` None), or one whose encoder comes from a flaxen run or a Hugging Face folder;
+    `labelled` holds its num_labels and label_names."""
     rngs, overrides = nnx.Rngs(seed), overrides or {}
     if start_from is None:
-        config = BertConfig.from_preset(preset, **_bert_token_fields(tokenizer), num_labels=num_labels, **overrides)
+        config = BertConfig.from_preset(preset, **_bert_token_fields(tokenizer), **labelled, **overrides)
         return BertForSequenceClassification(
             config.replace(max_positions=max(config.max_positions, max_length)), rngs=rngs
         )
@@ -682,14 +727,12 @@ def _classifier_from(
         source = load_run(start_from)
         if not isinstance(source.model, (BertForMaskedLM, BertForSequenceClassification)):
             raise ValueError(f"--from {start_from} holds a {type(source.model).__name__} run, not a BERT one")
-        config = source.model.config.replace(num_labels=num_labels, **overrides)
+        config = source.model.config.replace(**labelled, **overrides)
         _check_length(config, max_length)
         classifier = BertForSequenceClassification(config, rngs=rngs)
         nnx.update(classifier.bert, nnx.state(source.model.bert, nnx.Param))  # the pooler stays freshly initialised
         return classifier
-    classifier = BertForSequenceClassification.from_pretrained(
-        start_from, num_labels=num_labels, rngs=rngs, **overrides
-    )
+    classifier = BertForSequenceClassification.from_pretrained(start_from, rngs=rngs, **labelled, **overrides)
     check_tokenizer_fits(tokenizer, classifier.config, where=str(start_from))
     _check_length(classifier.config, max_length)
     return classifier

@@ -33,6 +33,18 @@ def test_schedule_without_total_stays_at_peak():
     assert float(schedule(5)) == float(schedule(10_000)) == pytest.approx(3e-4)
 
 
+def test_linear_and_constant_schedules_after_the_same_warm_up():
+    linear = learning_rate_schedule(1.0, warmup=10, total=110, min_lr_ratio=0.1, schedule="linear")
+    constant = learning_rate_schedule(1.0, warmup=10, total=110, schedule="constant")
+    for schedule in (linear, constant):
+        np.testing.assert_allclose([float(schedule(step)) for step in range(11)], np.arange(11) / 10, atol=1e-6)
+    np.testing.assert_allclose(float(linear(60)), 0.55, atol=1e-6)  # halfway from 1.0 to the floor 0.1
+    np.testing.assert_allclose([float(linear(step)) for step in (110, 150)], [0.1, 0.1], atol=1e-6)
+    assert {float(constant(step)) for step in (10, 60, 110, 500)} == {1.0}
+    with pytest.raises(ValueError, match="unknown schedule 'step'"):
+        learning_rate_schedule(1.0, schedule="step")
+
+
 def test_weight_decay_touches_matrices_but_not_biases_or_norm_scales():
     params = nnx.state(Block(nnx.Rngs(0)), nnx.Param)
     learning_rate, weight_decay = 0.1, 0.5

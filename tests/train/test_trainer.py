@@ -276,3 +276,54 @@ def test_resume_allows_new_config_fields_and_changed_execution_switches(tmp_path
     check_resumable(GPTForCausalLM(GPTConfig.tiny(scan_layers=True, remat=True), rngs=nnx.Rngs(0)), tmp_path)
     with pytest.raises(ValueError, match="in num_layers"):
         check_resumable(GPTForCausalLM(GPTConfig.tiny(num_layers=3), rngs=nnx.Rngs(0)), tmp_path)
+
+
+def test_early_stopping_stops_after_evaluations_without_improvement_and_stays_stopped(tmp_path):
+    data = toy_data()
+    # A rate of ~0 leaves the validation loss where it is: the first evaluation is the best, later ones tie.
+    trainer = make_trainer(toy_model(), tmp_path, learning_rate=1e-12, eval_every=2, early_stopping=2)
+    final = trainer.fit(data, steps=20)
+    assert final["stopped_early"] and final["step"] == 6  # best at 2; no better at 4 and 6
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in records) == 6
+    assert 6 in ocp_steps(tmp_path)  # the step it stopped at is saved
+    again = make_trainer(toy_model(), tmp_path, learning_rate=1e-12, eval_every=2, early_stopping=2)
+    assert again.fit(data, steps=20, resume=True)["stopped_early"]
+    assert max(json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()) == 6
+    improving = make_trainer(toy_model(), tmp_path / "improving", eval_every=2, early_stopping=5)
+    assert "stopped_early" not in improving.fit(data, steps=20)
+
+
+def ocp_steps(run) -> list[int]:
+    return sorted(int(path.name) for path in (run / "checkpoints").iterdir() if path.name.isdigit())
+
+
+def tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in the folder's event files, read from the TFRecord framing with the Event protocol buffer."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for file in sorted(folder.glob("events.out.tfevents.*")):
+        data, offset = file.read_bytes(), 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            event = Event.FromString(data[offset + 12 : offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                if value.HasField("simple_value"):
+                    scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+def test_every_metrics_record_is_also_a_tensorboard_scalar(tmp_path):
+    make_trainer(toy_model(), tmp_path).fit(toy_data(), steps=20)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    scalars = tensorboard_scalars(tmp_path)
+    for record in records:
+        for name in ("loss", "accuracy"):
+            assert (record["step"], pytest.approx(record[name])) in scalars[f"{record['split']}/{name}"]
+    assert {"train/learning_rate", "train/grad_norm", "train/items_per_sec"} <= set(scalars)
+    make_trainer(toy_model(), tmp_path / "off", tensorboard=False).fit(toy_data(), steps=5)
+    assert not list((tmp_path / "off").glob("events.out.tfevents.*"))

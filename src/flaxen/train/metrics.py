@@ -20,6 +20,11 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().split("\n")[:-1] if line.strip()]
 
 
+def read_validation_scores(path: Path) -> list[dict[str, Any]]:
+    """The validation records of a metrics.jsonl, in order."""
+    return [record for record in read_metrics(path) if record.get("split") == "validation"]
+
+
 def drop_records_after(path: Path, step: int) -> None:
     """Keep only records up to `step`: a resumed run re-logs the steps after its checkpoint."""
     kept = [record for record in read_metrics(path) if record["step"] <= step]

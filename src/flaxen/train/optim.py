@@ -5,18 +5,32 @@ from __future__ import annotations
 import jax
 import optax
 
+SCHEDULES = ("cosine", "linear", "constant")
+
 
 def learning_rate_schedule(
-    learning_rate: float, *, warmup: int = 0, total: int | None = None, min_lr_ratio: float = 0.1
+    learning_rate: float,
+    *,
+    warmup: int = 0,
+    total: int | None = None,
+    min_lr_ratio: float = 0.1,
+    schedule: str = "cosine",
 ) -> optax.Schedule:
-    """Linear warmup from 0 to `learning_rate`, then cosine decay to `min_lr_ratio * learning_rate` at `total`.
+    """Linear warmup from 0 to `learning_rate`, then until `total` a decay to `min_lr_ratio * learning_rate`:
+    "cosine" or "linear", or none ("constant").
 
     Without `total` the rate stays at its peak after warmup.
     """
-    if total is None:
-        return optax.linear_schedule(0.0, learning_rate, warmup) if warmup else optax.constant_schedule(learning_rate)
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    warm = optax.linear_schedule(0.0, learning_rate, warmup) if warmup else optax.constant_schedule(learning_rate)
+    if total is None or schedule == "constant":
+        return optax.join_schedules([warm, optax.constant_schedule(learning_rate)], [warmup])
     if total <= warmup:
         raise ValueError(f"total ({total}) must be larger than warmup ({warmup})")
+    if schedule == "linear":
+        decay = optax.linear_schedule(learning_rate, learning_rate * min_lr_ratio, total - warmup)
+        return optax.join_schedules([warm, decay], [warmup])
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=learning_rate,
@@ -42,8 +56,10 @@ def adamw(
     clip_norm: float | None = 1.0,
     min_lr_ratio: float = 0.1,
     accumulate_steps: int = 1,
+    schedule: str = "cosine",
 ) -> optax.GradientTransformation:
-    """AdamW on `learning_rate_schedule`; `warmup` and `total` count trainer steps (batches), also when accumulating.
+    """AdamW on `learning_rate_schedule` (`schedule`: cosine, linear or constant after warm-up); `warmup` and
+    `total` count trainer steps (batches), also when accumulating.
 
     The current rate is kept in the optimizer state (`optax.inject_hyperparams`) under "learning_rate", where the
     trainer reads it for logging. With `accumulate_steps > 1` gradients of that many batches are averaged
@@ -51,7 +67,9 @@ def adamw(
     """
     if accumulate_steps < 1:
         raise ValueError(f"accumulate_steps must be >= 1, got {accumulate_steps}")
-    batch_schedule = learning_rate_schedule(learning_rate, warmup=warmup, total=total, min_lr_ratio=min_lr_ratio)
+    batch_schedule = learning_rate_schedule(
+        learning_rate, warmup=warmup, total=total, min_lr_ratio=min_lr_ratio, schedule=schedule
+    )
 
     def update_schedule(update_count):
         return batch_schedule(update_count * accumulate_steps)

@@ -6,6 +6,7 @@ optimizer state split over the `fsdp` axis by the rule table; with one device it
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -23,10 +24,27 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from tqdm.auto import tqdm
 
-from flaxen.checkpoints import check_best_metric, checkpoint_manager, restore_checkpoint, save_checkpoint
+from flaxen.checkpoints import (
+    BEST_METRICS,
+    check_best_metric,
+    checkpoint_manager,
+    restore_checkpoint,
+    save_checkpoint,
+)
 from flaxen.core.rng import as_rngs
-from flaxen.runs import CHECKPOINT_DIR, METRICS_FILE, PLOT_FILE, check_resumable, write_run_files, write_weights
-from flaxen.train.metrics import drop_records_after, plot_metrics
+from flaxen.hf import CONFIG_FILE
+from flaxen.runs import (
+    CHECKPOINT_DIR,
+    METRICS_FILE,
+    PLOT_FILE,
+    RUN_FILE,
+    check_resumable,
+    write_atomically,
+    write_run_files,
+    write_weights,
+)
+from flaxen.text.tokenizer import TOKENIZER_FILE
+from flaxen.train.metrics import drop_records_after, plot_metrics, read_validation_scores
 from flaxen.train.optim import current_learning_rate
 from flaxen.train.sharding import (
     ShardingRules,
@@ -99,6 +117,9 @@ class Trainer:
         augment: Callable[[Batch, jax.Array], Batch] | None = None,
         mesh: Mesh | None = None,
         sharding_rules: ShardingRules = ShardingRules(),
+        tokenizer: Any = None,
+        early_stopping: int | None = None,
+        tensorboard: bool = True,
     ):
         """`augment(batch, key) -> batch` is applied on the device inside the training step only (jittable).
 
@@ -107,6 +128,17 @@ class Trainer:
 
         `mesh` (default: all devices on the `data` axis) says where the state and the batches live, and
         `sharding_rules` which arrays its `fsdp` axis splits; `batch_size` must divide by the mesh's device count.
+
+        A text model's `tokenizer` (a `tokenizers.Tokenizer`) is saved with the run as tokenizer.json, so that
+        `load_run`, `flaxen generate`, `predict` and `eval` can use the run folder.
+
+        With `early_stopping` N, training stops (after saving a checkpoint) once N evaluations in a row have not
+        improved the validation `best_metric`; a resumed run counts the evaluations it recorded, so a run that
+        stopped stays stopped.
+
+        With `tensorboard`, every metrics.jsonl record is also written as TensorBoard scalars ("train/loss",
+        "validation/accuracy", ...) to event files in the run folder, with run.json and config.json as text, so
+        `tensorboard --logdir runs/` shows every run.
         """
         self.model = model
         self.optimizer = optimizer
@@ -123,6 +155,11 @@ class Trainer:
         self.compute_dtype = None if compute_dtype is None else jnp.dtype(compute_dtype)
         self.progress = progress
         self.run_info = run_info
+        self.tokenizer = tokenizer
+        if early_stopping is not None and early_stopping < 1:
+            raise ValueError(f"early_stopping must be at least 1 evaluation, got {early_stopping}")
+        self.early_stopping = early_stopping
+        self.tensorboard = tensorboard
         self.mesh = mesh or make_mesh()
         check_batch_size(batch_size, self.mesh)
         params, non_params = nnx.state(model, nnx.Param, ...)
@@ -205,9 +242,12 @@ class Trainer:
             checkpoint_dir, keep=self.keep_checkpoints, track_best=track_best, best_metric=self.best_metric
         ) as manager:
             state, position = self._starting_state(manager, resume, overwrite, metrics_path)
+            patience = _Patience(self.best_metric, self.early_stopping, read_validation_scores(metrics_path))
             try:
-                with open(metrics_path, "a") as metrics_file:
-                    final = self._loop(data, steps, position, state, manager, metrics_file)
+                with open(metrics_path, "a") as metrics_file, self._event_writer(position.step) as events:
+                    final = self._loop(
+                        data, steps, position, state, manager, MetricsLog(metrics_file, events), patience
+                    )
             finally:
                 _write_back(self.model, state)
                 plot_metrics(metrics_path, self.out_dir / PLOT_FILE)
@@ -238,10 +278,31 @@ class Trainer:
             )
             state.params, state.non_params = nnx.split_state(model_state, nnx.Param, ...)
             drop_records_after(metrics_path, latest)
+            self._save_tokenizer()
             return state, _RunPosition(latest, progress["seed"], progress["elapsed"])
         write_run_files(self.model, self.out_dir, (self.run_info or {}) | {"best_metric": self.best_metric})
+        self._save_tokenizer()
         metrics_path.write_text("")
         return state, _RunPosition(0, self.seed, 0.0)
+
+    def _event_writer(self, start_step: int):
+        """TensorBoard's writer for the run folder (a no-op without `tensorboard`); a resumed run's events after
+        `start_step` (recorded before a crash, trained again now) are purged, as metrics.jsonl drops its lines."""
+        if not self.tensorboard:
+            return contextlib.nullcontext()
+        from tensorboardX import SummaryWriter
+
+        writer = SummaryWriter(str(self.out_dir), purge_step=start_step + 1 if start_step else None)
+        if start_step == 0:
+            for name in (RUN_FILE, CONFIG_FILE):
+                if (self.out_dir / name).exists():
+                    writer.add_text(name, f"```\n{(self.out_dir / name).read_text()}\n```", 0)
+        return contextlib.closing(writer)
+
+    def _save_tokenizer(self) -> None:
+        """tokenizer.json beside run.json (after it: run.json marks the folder), unless the run already has one."""
+        if self.tokenizer is not None and not (self.out_dir / TOKENIZER_FILE).exists():
+            write_atomically(self.out_dir / TOKENIZER_FILE, self.tokenizer.to_str(pretty=True))
 
     def _loop(
         self,
@@ -250,9 +311,11 @@ class Trainer:
         start: _RunPosition,
         state: _TrainState,
         manager: ocp.CheckpointManager,
-        metrics_file: TextIO,
+        metrics_log: MetricsLog,
+        patience: _Patience,
     ) -> dict[str, float]:
-        """Train from `start` to `steps`, updating `state` in place (so the caller sees it even after an error)."""
+        """Train from `start` to `steps` (or until `patience` runs out), updating `state` in place (so the caller sees
+        it even after an error)."""
         train_key, eval_key = jax.device_put(_run_keys(start.seed), replicated(self.mesh))
         batches = data.train.batches(self.batch_size, seed=start.seed, start_step=start.step)
         final: dict[str, float] = {"step": max(steps, start.step)}
@@ -264,16 +327,16 @@ class Trainer:
             return start.elapsed + time.perf_counter() - clock_start
 
         def log(record: dict[str, Any]) -> None:
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
+            metrics_log.write(record)
             split = record["split"]
             final.update({f"{split}_{k}": v for k, v in record.items() if k not in ("step", "split", "elapsed")})
             final["elapsed"] = record["elapsed"]
 
+        done = start.step
         bar = tqdm(total=steps, initial=start.step, unit="step", disable=not self.progress, dynamic_ncols=True)
         postfix: dict[str, str] = {}
         try:
-            for step in range(start.step, steps):
+            for step in range(start.step, steps if not patience.exhausted else start.step):
                 host_batch = next(batches)
                 state.params, state.opt_state, state.non_params, metrics = self._train_step(
                     state.params,
@@ -315,6 +378,8 @@ class Trainer:
                             f"best_metric {self.best_metric!r} is not among the model's metrics {list(scores)}"
                         )
                     postfix["val_loss"] = f"{scores['loss']:.4f}"
+                    patience.record(scores[self.best_metric])
+                    is_checkpoint = is_checkpoint or patience.exhausted
                 if is_checkpoint:
                     if not _all_finite(state.params):  # an update can overflow even when its loss was finite
                         raise _diverged(done, "the parameters hold NaN or Inf", manager)
@@ -329,8 +394,12 @@ class Trainer:
                     )
                 bar.set_postfix(postfix, refresh=False)
                 window_start += time.perf_counter() - pause_start  # evaluation and saving are not training time
+                if patience.exhausted:
+                    break
         finally:
             bar.close()
+        if patience.exhausted:
+            final |= {"step": done, "stopped_early": True}
         if start.step >= steps and data.validation is not None:
             scores = self._evaluate(state.params, state.non_params, data.validation, eval_key)
             final.update({f"validation_{k}": v for k, v in scores.items()})
@@ -487,3 +556,39 @@ def _write_back(model: nnx.Module, state: _TrainState) -> None:
     leaves = jax.tree.leaves((state.params, state.non_params))
     if not any(leaf.is_deleted() for leaf in leaves if isinstance(leaf, jax.Array)):
         nnx.update(model, state.params, state.non_params)
+
+
+class _Patience:
+    """Early stopping's count: evaluations since the validation metric last improved (None: never stop)."""
+
+    def __init__(self, best_metric: str, limit: int | None, history: list[dict[str, float]]):
+        self.metric, self.limit = best_metric, limit
+        self.best: float | None = None
+        self.stale = 0
+        for scores in history:
+            if best_metric in scores:
+                self.record(scores[best_metric])
+
+    def record(self, value: float) -> None:
+        better = self.best is None or (value > self.best if BEST_METRICS[self.metric] == "max" else value < self.best)
+        self.best, self.stale = (value, 0) if better else (self.best, self.stale + 1)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.limit is not None and self.stale >= self.limit
+
+
+class MetricsLog:
+    """Where a run's records go: one JSON line each in metrics.jsonl, and TensorBoard scalars when a writer is given."""
+
+    def __init__(self, jsonl: TextIO, events: Any = None):
+        self.jsonl, self.events = jsonl, events
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
+        if self.events is not None:
+            for name, value in record.items():
+                if name not in ("step", "split") and isinstance(value, (int, float)):
+                    self.events.add_scalar(f"{record['split']}/{name}", value, record["step"])
+            self.events.flush()
