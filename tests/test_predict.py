@@ -137,6 +137,9 @@ def test_language_model_scores_equal_its_own_loss_and_cover_every_token():
         nats += float(loss_of(model, window)) * (window.shape[1] - 1)
     score = scorer.score(long)
     assert score["tokens"] == len(ids) - 1
+    each = scorer.score_each([short, long])  # one batched pass, split by text
+    assert each[1]["tokens"] == score["tokens"] and each[1]["loss"] == pytest.approx(score["loss"], rel=1e-6)
+    assert each[0]["loss"] == pytest.approx(float(loss), rel=1e-5)
     np.testing.assert_allclose(score["loss"], nats / (len(ids) - 1), rtol=1e-5)
 
 

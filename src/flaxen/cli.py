@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser(
         "predict", help="label texts or images with a trained classifier, or score texts with a language model"
     )
-    _model_folder_argument(predict)
+    _applied_model_arguments(predict)
     predict.add_argument("--text", action="append", help="a text; repeat for more (default: the lines on stdin)")
     predict.add_argument(
         "--data",
@@ -297,9 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="a table (CSV/TSV/JSON/JSONL/parquet) of texts to classify, or text files for a language model",
     )
-    predict.add_argument("--text-column", help="the table's text column (default: the run's, else text)")
     predict.add_argument("--images", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
-    predict.add_argument("--encoding", help="encoding of --data (default: the run's, else utf-8)")
     predict.add_argument("--output", metavar="FILE", help="write a .jsonl or .csv file instead of JSON lines on stdout")
     predict.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     predict.add_argument("--batch-size", type=int, help="inputs per compiled call (default: 32 texts, 64 images)")
@@ -308,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         "eval",
         help="score a model on held-out data (--data / --images), or a run's best checkpoint on its validation split",
     )
-    _model_folder_argument(evaluate)
+    _applied_model_arguments(evaluate)
     evaluate.add_argument(
         "--data",
         nargs="+",
@@ -316,14 +314,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="held-out table with texts and labels (text classifiers), or text files (language models)",
     )
     evaluate.add_argument("--images", metavar="DIR", help="held-out images, one subfolder per class (ViT)")
-    evaluate.add_argument("--text-column", help="the table's text column (default: the run's, else text)")
     evaluate.add_argument("--label-column", help="the table's label column (default: the run's, else label)")
-    evaluate.add_argument("--encoding", help="encoding of --data (default: the run's, else utf-8)")
     evaluate.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
     return parser
 
 
-def _model_folder_argument(parser: argparse.ArgumentParser) -> None:
+def _applied_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--run (a run or model folder), and how its --data tables are read: --text-column, --encoding."""
+    parser.add_argument("--text-column", help="the table's text column (default: the run's, else text)")
+    parser.add_argument("--encoding", help="encoding of --data (default: the run's, else utf-8)")
     parser.add_argument(
         "--run",
         "--model",
@@ -407,9 +406,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from flaxen.predict import pipeline, predict_records, read_lines, write_records
-    from flaxen.runs import is_run_folder, read_run_file
+    from flaxen.runs import recorded_data
 
-    recorded = read_run_file(args.run).get("data", {}) if is_run_folder(args.run) else {}
+    recorded = recorded_data(args.run)
     predictor = pipeline(model=args.run, **({} if args.batch_size is None else {"batch_size": args.batch_size}))
     texts = args.text or []
     if not (texts or args.data or args.images):

@@ -14,14 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from flaxen.data.images import IMAGE_SUFFIXES
+from flaxen.data.images import image_files
 from flaxen.data.labels import clean_labels
-from flaxen.data.text import load_table
+from flaxen.data.text import check_columns, load_table
 from flaxen.predict import (
     ImageClassificationPipeline,
     LanguageModelPipeline,
     pipeline,
 )
+from flaxen.runs import recorded_data
 
 
 def classification_report(true_ids: np.ndarray, predicted_ids: np.ndarray, label_names: Sequence[str]) -> dict:
@@ -103,7 +104,7 @@ def evaluate_held_out(
     """
     folder = Path(folder)
     predictor = pipeline(model=folder, **({} if batch_size is None else {"batch_size": batch_size}))
-    recorded = _recorded_data(folder)
+    recorded = recorded_data(folder)
     if isinstance(predictor, LanguageModelPipeline):
         if data is None or images is not None:
             raise ValueError("a language model is evaluated on text files: pass --data FILE...")
@@ -126,12 +127,7 @@ def evaluate_held_out(
         text_column = text_column or recorded.get("text_column", "text")
         label_column = label_column or recorded.get("label_column", "label")
         table = load_table(source, encoding or recorded.get("encoding", "utf-8"))
-        missing = [column for column in (text_column, label_column) if column not in table.column_names]
-        if missing:
-            raise ValueError(
-                f"{source} has no column {', '.join(map(repr, missing))}; its columns are: "
-                f"{', '.join(table.column_names)} (choose with --text-column / --label-column)"
-            )
+        check_columns(table, source, text_column, label_column)
         true_names = [str(label) for label in clean_labels(table[label_column])]
         probabilities = predictor.probabilities(list(table[text_column]))
     true_ids = _check_labels(true_names, predictor.label_names, source)
@@ -140,18 +136,12 @@ def evaluate_held_out(
     )
     if write:
         stem = f"eval-{source.stem or 'held-out'}"
-        (folder / f"{stem}.json").write_text(_json(report))
+        (folder / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
         report["report_file"] = str(folder / f"{stem}.json")
         report["confusion_plot"] = str(
             plot_confusion_matrix(report["confusion_matrix"], predictor.label_names, folder / f"{stem}-confusion.png")
         )
     return report
-
-
-def _recorded_data(folder: Path) -> dict[str, Any]:
-    from flaxen.runs import is_run_folder, read_run_file
-
-    return read_run_file(folder).get("data", {}) if is_run_folder(folder) else {}
 
 
 def _labelled_image_files(root: Path) -> tuple[list[Path], list[str]]:
@@ -160,7 +150,7 @@ def _labelled_image_files(root: Path) -> tuple[list[Path], list[str]]:
         raise ValueError(f"no such folder: {root}")
     files, labels = [], []
     for class_folder in sorted(path for path in root.iterdir() if path.is_dir()):
-        found = sorted(f for f in class_folder.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        found = image_files(class_folder)
         files += found
         labels += [class_folder.name] * len(found)
     if not files:
@@ -179,7 +169,3 @@ def _check_labels(true_names: Sequence[str], label_names: Sequence[str], source:
             "remove those rows or evaluate a model trained on them"
         )
     return np.array([index[name] for name in true_names], np.int64)
-
-
-def _json(report: dict[str, Any]) -> str:
-    return json.dumps(report, indent=2) + "\n"

@@ -15,9 +15,12 @@ mean and std), and batches are padded to a few fixed shapes so the number of com
 from __future__ import annotations
 
 import concurrent.futures
+import csv
+import io
 import json
 import math
 import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,8 +31,9 @@ import numpy as np
 from flax import nnx
 from PIL import Image, UnidentifiedImageError
 
-from flaxen.data.images import IMAGE_SUFFIXES, per_channel
-from flaxen.data.text import load_table
+from flaxen.convert import load_folder
+from flaxen.data.images import IMAGE_SUFFIXES, image_files, per_channel
+from flaxen.data.text import check_columns, load_table
 from flaxen.hf.save import PREPROCESSOR_FILE
 from flaxen.hf.table import default_label_names
 from flaxen.models import (
@@ -38,6 +42,7 @@ from flaxen.models import (
     GPTForSequenceClassification,
     ViTForImageClassification,
 )
+from flaxen.runs import check_tokenizer_fits, is_run_folder, load_run, write_atomically
 from flaxen.text.files import read_text_file
 from flaxen.text.tokenizer import (
     TOKENIZER_CONFIG_FILE,
@@ -117,6 +122,12 @@ class _Classifier:
         self.batch_size = batch_size
         self._forward = _Forward(model, _probabilities)
 
+    def __call__(self, inputs: Any) -> Prediction | list[Prediction]:
+        """One input (a text; an image file, array or PIL image) -> one prediction; a list (or a folder) -> a list,
+        in order."""
+        records = self._records(self.probabilities(inputs))
+        return records[0] if self._single(inputs) else records
+
     @property
     def compilations(self) -> int:
         """Input shapes compiled so far; at most `len(row_buckets(batch_size))` × the number of length buckets."""
@@ -175,14 +186,12 @@ class TextClassificationPipeline(_Classifier):
         self.tokenizer, self.max_length = tokenizer, max_length
         self.pad_id = pad_token_id(tokenizer)
 
-    def __call__(self, texts: str | Sequence[str]) -> Prediction | list[Prediction]:
-        """One text -> one prediction; a list of texts -> a list, in order."""
-        single = isinstance(texts, str)
-        records = self._records(self.probabilities([texts] if single else texts))
-        return records[0] if single else records
+    def _single(self, texts: Any) -> bool:
+        return isinstance(texts, str)
 
-    def probabilities(self, texts: Sequence[str]) -> np.ndarray:
+    def probabilities(self, texts: str | Sequence[str]) -> np.ndarray:
         """(N, num_labels) float32 class probabilities."""
+        texts = [texts] if isinstance(texts, str) else texts
         texts = [_check_text(text, row) for row, text in enumerate(texts)]
         if not texts:
             return np.zeros((0, len(self.label_names)), np.float32)
@@ -204,11 +213,7 @@ class TextClassificationPipeline(_Classifier):
     ) -> list[Prediction]:
         """Predictions for every row of a CSV/TSV/JSON/JSONL/parquet file's `text_column`, in file order."""
         table = load_table(path, encoding)
-        if text_column not in table.column_names:
-            raise ValueError(
-                f"{path} has no column {text_column!r}; its columns are: {', '.join(table.column_names)} "
-                "(choose with --text-column)"
-            )
+        check_columns(table, path, text_column)
         return self(list(table[text_column]))
 
 
@@ -237,11 +242,8 @@ class ImageClassificationPipeline(_Classifier):
         self.mean = per_channel(mean, config.channels, "mean")
         self.std = per_channel(std, config.channels, "std")
 
-    def __call__(self, images: Any) -> Prediction | list[Prediction]:
-        """One image (a file, an array (H, W[, C]) or a PIL image) -> one prediction; anything else -> a list."""
-        single = _is_single_image(images)
-        records = self._records(self.probabilities(images))
-        return records[0] if single else records
+    def _single(self, images: Any) -> bool:
+        return _is_single_image(images)
 
     def probabilities(self, images: Any) -> np.ndarray:
         """(N, num_labels) float32 class probabilities, in the order `image_items(images)` lists the images."""
@@ -280,13 +282,26 @@ class LanguageModelPipeline:
         after a text's first is predicted exactly once, from up to a context's worth of the tokens before it.
         Bits per character divide the total loss by the characters of the texts.
         """
-        documents = [
-            read_text_file(item, encoding) if isinstance(item, Path) else item
-            for item in ([texts] if isinstance(texts, (str, Path)) else texts)
-        ]
-        documents = [_check_text(text, row) for row, text in enumerate(documents)]
-        windows, weights = self._windows(documents)
-        nats = 0.0
+        documents = self._documents(texts, encoding)
+        nats, tokens = self._nats_and_tokens(documents)
+        return _language_scores(float(nats.sum()), int(tokens.sum()), sum(len(text) for text in documents))
+
+    def score_each(self, texts: Sequence[str | Path], *, encoding: str = "utf-8") -> list[dict[str, float]]:
+        """`score` of every text (or file) on its own, all of them batched together in one pass."""
+        documents = self._documents(texts, encoding)
+        nats, tokens = self._nats_and_tokens(documents)
+        return [_language_scores(float(n), int(k), len(text)) for n, k, text in zip(nats, tokens, documents)]
+
+    @staticmethod
+    def _documents(texts: str | Path | Sequence[str | Path], encoding: str) -> list[str]:
+        items = [texts] if isinstance(texts, (str, Path)) else texts
+        documents = [read_text_file(item, encoding) if isinstance(item, Path) else item for item in items]
+        return [_check_text(text, row) for row, text in enumerate(documents)]
+
+    def _nats_and_tokens(self, documents: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Per document: the summed next-token loss (nats) and the number of tokens predicted."""
+        windows, weights, owners = self._windows(documents)
+        window_nats = np.zeros(len(windows), np.float64)
         for start in range(0, len(windows), self.batch_size):
             batch = slice(start, start + self.batch_size)
             rows = len(windows[batch])
@@ -294,39 +309,47 @@ class LanguageModelPipeline:
                 np.concatenate([x, np.zeros((self.batch_size - rows, *x.shape[1:]), x.dtype)])
                 for x in (windows[batch], weights[batch])
             ]
-            nats += float(np.asarray(self._forward(*padded))[:rows].sum())
-        tokens, characters = int(weights.sum()), sum(len(text) for text in documents)
-        if tokens == 0:
-            raise ValueError("the text is too short to score: it needs at least two tokens")
-        loss = nats / tokens
-        return {
-            "loss": loss,
-            "perplexity": math.exp(loss),
-            "bits_per_character": nats / math.log(2) / characters,
-            "tokens": tokens,
-            "characters": characters,
-        }
+            window_nats[batch] = np.asarray(self._forward(*padded))[:rows]
+        nats, tokens = np.zeros(len(documents)), np.zeros(len(documents), np.int64)
+        np.add.at(nats, owners, window_nats)
+        np.add.at(tokens, owners, weights.sum(axis=-1).astype(np.int64))
+        return nats, tokens
 
-    def _windows(self, documents: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(W, context + 1) int32 token windows and (W, context) float32 weights of the tokens they predict."""
-        width = self.model.config.context_length + 1
-        windows, weights = [], []
-        for ids in encode_documents(self.tokenizer, documents):
+    def _windows(self, documents: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(W, context + 1) int32 token windows, (W, context) float32 weights of the tokens they predict, and (W,)
+        the document each window belongs to."""
+        width, pad_id = self.model.config.context_length + 1, pad_token_id(self.tokenizer)
+        windows, weights, owners = [], [], []
+        for document, ids in enumerate(encode_documents(self.tokenizer, documents)):
             for start in range(0, max(len(ids) - 1, 0), width - 1):
                 piece = ids[start : start + width]
-                window = np.full(width, pad_token_id(self.tokenizer), np.int32)
+                window = np.full(width, pad_id, np.int32)
                 window[: len(piece)] = piece
                 windows.append(window)
                 weights.append((np.arange(1, width) < len(piece)).astype(np.float32))
+                owners.append(document)
         if not windows:
-            return np.zeros((0, width), np.int32), np.zeros((0, width - 1), np.float32)
-        return np.stack(windows), np.stack(weights)
+            return np.zeros((0, width), np.int32), np.zeros((0, width - 1), np.float32), np.zeros(0, np.int64)
+        return np.stack(windows), np.stack(weights), np.asarray(owners)
 
     def generate(self, prompts: str | Sequence[str], **options: Any) -> str | list[str]:
         """Prompt(s) -> prompt plus sampled text; options as `flaxen.generate` takes them."""
         from flaxen.generate import generate
 
         return generate(self.model, self.tokenizer, prompts, **options)
+
+
+def _language_scores(nats: float, tokens: int, characters: int) -> dict[str, float]:
+    if tokens == 0:
+        raise ValueError("the text is too short to score: it needs at least two tokens")
+    loss = nats / tokens
+    return {
+        "loss": loss,
+        "perplexity": math.exp(loss),
+        "bits_per_character": nats / math.log(2) / characters,
+        "tokens": tokens,
+        "characters": characters,
+    }
 
 
 def _token_losses(model: GPTForCausalLM, windows: jax.Array, weights: jax.Array) -> jax.Array:
@@ -354,9 +377,6 @@ def pipeline(
     `task` ("text-classification", "image-classification", "text-generation") is checked against the model the
     folder holds; None takes the folder's own.
     """
-    from flaxen.convert import load_folder
-    from flaxen.runs import is_run_folder, load_run
-
     if model is None:
         raise ValueError("pipeline needs model=: a flaxen run folder or a Hugging Face/flaxen model folder")
     if task is not None and task not in TASKS:
@@ -389,8 +409,6 @@ def pipeline(
 
 
 def _folder_tokenizer(folder: Path, model: nnx.Module):
-    from flaxen.runs import check_tokenizer_fits, is_run_folder
-
     try:
         tokenizer = load_tokenizer(folder)
     except ValueError:
@@ -449,7 +467,7 @@ def image_items(images: Any) -> list[Any]:
         if isinstance(item, (str, Path)):
             path = Path(item)
             if path.is_dir():
-                found = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+                found = image_files(path)
                 if not found:
                     raise ValueError(f"{path} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
                 items.extend(found)
@@ -565,19 +583,14 @@ def predict_records(
         raise ValueError(f"this model reads text, not images: pass --text or --data ({type(predictor.model).__name__})")
     if isinstance(predictor, LanguageModelPipeline):
         if texts:
-            return [{"id": i, "text": text} | predictor.score(text) for i, text in enumerate(texts)]
-        return [
-            {"id": i, "path": str(file)} | predictor.score(Path(file), encoding=encoding) for i, file in enumerate(data)
-        ]
+            return [{"id": i, "text": text} | s for i, (text, s) in enumerate(zip(texts, predictor.score_each(texts)))]
+        scores = predictor.score_each([Path(file) for file in data], encoding=encoding)
+        return [{"id": i, "path": str(file)} | s for i, (file, s) in enumerate(zip(data, scores))]
     if data:
         if len(data) != 1:
             raise ValueError(f"a classifier reads one table; got {len(data)} files")
         table = load_table(data[0], encoding)
-        if text_column not in table.column_names:
-            raise ValueError(
-                f"{data[0]} has no column {text_column!r}; its columns are: {', '.join(table.column_names)} "
-                "(choose with --text-column)"
-            )
+        check_columns(table, data[0], text_column)
         texts = list(table[text_column])
     records = predictor(list(texts))
     return [{"id": i, "text": text} | record for i, (text, record) in enumerate(zip(texts, records))]
@@ -585,10 +598,6 @@ def predict_records(
 
 def write_records(records: Sequence[dict[str, Any]], path: str | Path | None, *, overwrite: bool = False) -> None:
     """JSON lines on stdout (`path` None), or a .jsonl / .csv file (class probabilities as score_<label> columns)."""
-    import csv
-    import io
-    import sys
-
     if path is None:
         for record in records:
             print(json.dumps(record, ensure_ascii=False))
@@ -611,7 +620,6 @@ def write_records(records: Sequence[dict[str, Any]], path: str | Path | None, *,
         writer.writeheader()
         writer.writerows(rows)
         content = buffer.getvalue()
-    from flaxen.runs import write_atomically
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, content)

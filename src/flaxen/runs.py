@@ -91,6 +91,11 @@ def is_run_folder(folder: str | Path) -> bool:
     return (Path(folder) / RUN_FILE).is_file()
 
 
+def recorded_data(folder: str | Path) -> dict[str, Any]:
+    """The data settings (files, columns, encoding, ...) a run recorded in run.json; {} for a model folder."""
+    return read_run_file(folder).get("data", {}) if is_run_folder(folder) else {}
+
+
 def recipe_of(info: dict[str, Any]) -> str | None:
     """The name of the recipe that made a run, from its run.json (either spelling)."""
     return info.get(RECIPE_KEY, info.get("journey"))

@@ -67,6 +67,14 @@ def test_a_gpt_takes_the_blockwise_path_from_its_threshold_with_the_same_loss_an
         np.testing.assert_allclose(mine, expected, atol=1e-5)
 
 
+def test_blockwise_asked_for_with_a_mask_it_cannot_take_falls_back_to_the_reference():
+    config = GPTConfig.tiny(vocab_size=64, attention_implementation="blockwise", attention_dropout=0.1)
+    model = GPTForCausalLM(config, rngs=nnx.Rngs(0))  # DropKey's random mask is not a padding mask
+    token_ids = jnp.zeros((2, 8), jnp.int32)
+    loss, _ = model.loss({"token_ids": token_ids}, rngs=nnx.Rngs(1))
+    assert np.isfinite(float(loss))
+
+
 def test_unknown_attention_implementations_are_refused():
     with pytest.raises(ValueError, match="unknown attention_implementation 'flash'"):
         GPTConfig.tiny(attention_implementation="flash")

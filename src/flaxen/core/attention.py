@@ -57,9 +57,14 @@ class MultiHeadAttention(nnx.Module):
             attended = blockwise.causal_attention(query, key, value, key_valid, block_size=BLOCK_SIZE)
         else:
             attended = jax.nn.dot_product_attention(
-                query, key, value, mask=mask, is_causal=is_causal, implementation=self.implementation
+                query, key, value, mask=mask, is_causal=is_causal, implementation=self._jax_implementation
             )
         return self.out(rearrange(attended, "b t n h -> b t (n h)"))
+
+    @property
+    def _jax_implementation(self) -> str | None:
+        """What `jax.nn.dot_product_attention` is asked for: "blockwise" is flaxen's own, so JAX chooses then."""
+        return None if self.implementation == "blockwise" else self.implementation
 
     def _blockwise(self, length: int, mask: jax.Array | None) -> bool:
         """Whether causal attention over `length` tokens with `mask` takes the blockwise path.

@@ -108,6 +108,11 @@ def image_folder(
     )
 
 
+def image_files(folder: PathLike) -> list[Path]:
+    """Every image file (by suffix) below `folder`, in subfolders too, sorted."""
+    return sorted(path for path in Path(folder).rglob("*") if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def normalize_images(
     images: np.ndarray, *, mean: Sequence[float], std: Sequence[float], scale: float = 1.0
 ) -> np.ndarray:

@@ -107,12 +107,7 @@ def text_classification(
     sources = {"train": Path(path)} | ({"validation": Path(validation)} if validation is not None else {})
     tables = {split: load_table(source, encoding) for split, source in sources.items()}
     for split, table in tables.items():
-        missing = [column for column in (text_column, label_column) if column not in table.column_names]
-        if missing:
-            raise ValueError(
-                f"{sources[split]} has no column {', '.join(map(repr, missing))}; its columns are: "
-                f"{', '.join(table.column_names)} (choose with text_column= / label_column=)"
-            )
+        check_columns(table, sources[split], text_column, label_column)
     raw_labels = {split: list(table[label_column]) for split, table in tables.items()}
     label_set = label_values([value for values in raw_labels.values() for value in values], labels, label_filter)
     check_several_labels(label_set, f"the {label_column!r} column of {sources['train']}")
@@ -201,9 +196,15 @@ def load_table(path: PathLike, encoding: str) -> datasets.Dataset:
 def table_texts(path: PathLike, text_column: str = "text", *, encoding: str = "utf-8") -> list[str]:
     """The non-empty texts of one column of a CSV/TSV/JSON/JSONL/parquet file (e.g. to train a tokenizer on)."""
     table = load_table(path, encoding)
-    if text_column not in table.column_names:
-        raise ValueError(
-            f"{path} has no column {text_column!r}; its columns are: {', '.join(table.column_names)} "
-            "(choose with text_column=)"
-        )
+    check_columns(table, path, text_column)
     return [str(text) for text in table[text_column] if text is not None and str(text).strip()]
+
+
+def check_columns(table: datasets.Dataset, path: PathLike, *columns: str) -> None:
+    """ValueError naming the columns the table lacks and the ones it has."""
+    missing = [column for column in columns if column not in table.column_names]
+    if missing:
+        raise ValueError(
+            f"{path} has no column {', '.join(map(repr, missing))}; its columns are: {', '.join(table.column_names)} "
+            "(choose with --text-column / --label-column, or text_column= / label_column=)"
+        )

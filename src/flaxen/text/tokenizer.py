@@ -57,9 +57,7 @@ def train_bpe(
             f"alone need {smallest}; use at least {smallest} (8192 is a good default)"
         )
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.post_processor = processors.ByteLevel(trim_offsets=True)
+    _set_byte_level_pipeline(tokenizer)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
@@ -191,6 +189,13 @@ def _temporary_settings(tokenizer: Tokenizer) -> Iterator[None]:
             tokenizer.enable_padding(**padding)
 
 
+def _set_byte_level_pipeline(tokenizer: Tokenizer) -> None:
+    """GPT-2's byte-level pre-tokenizer, decoder and post-processor (every string round-trips)."""
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=True)
+
+
 def _set_bert_pipeline(tokenizer: Tokenizer, lowercase: bool) -> None:
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -224,9 +229,7 @@ def _byte_level_bpe_from_files(folder: Path) -> Tokenizer:
     except Exception as err:  # the Rust side raises a bare Exception for unreadable files
         raise ValueError(f"cannot read the BPE files in {folder}: {err}") from None
     tokenizer = Tokenizer(model)
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    _set_byte_level_pipeline(tokenizer)
     if tokenizer.token_to_id(EOS_TOKEN) is not None:
         tokenizer.add_special_tokens([EOS_TOKEN])
     return tokenizer

@@ -210,14 +210,12 @@ class Trainer:
         """(seconds of the first evaluation batch, compile included; median seconds of a batch after it)."""
         params, non_params = self._placed_model_state()
         key = jax.device_put(_run_keys(self.seed)[1], replicated(self.mesh))
-        durations = []
-        for index, batch in enumerate(itertools.islice(data.epoch_batches(self.batch_size), batches + 1)):
+        results, durations = self._eval_batches(params, non_params, data, key, batches + 1), []
+        while True:
             start = time.perf_counter()
-            jax.block_until_ready(
-                self._eval_step(
-                    params, non_params, jax.device_put(batch, self._batch_sharding), jax.random.fold_in(key, index)
-                )
-            )
+            if (result := next(results, None)) is None:
+                break
+            jax.block_until_ready(result)
             durations.append(time.perf_counter() - start)
         return durations[0], float(np.median(durations[1:] or durations))
 
@@ -336,7 +334,7 @@ class Trainer:
         bar = tqdm(total=steps, initial=start.step, unit="step", disable=not self.progress, dynamic_ncols=True)
         postfix: dict[str, str] = {}
         try:
-            for step in range(start.step, steps if not patience.exhausted else start.step):
+            for step in range(start.step, start.step if patience.exhausted else steps):
                 host_batch = next(batches)
                 state.params, state.opt_state, state.non_params, metrics = self._train_step(
                     state.params,
@@ -405,15 +403,16 @@ class Trainer:
             final.update({f"validation_{k}": v for k, v in scores.items()})
         return final
 
+    def _eval_batches(
+        self, params: nnx.State, non_params: nnx.State, dataset: Dataset, key: jax.Array, limit: int | None
+    ) -> Iterator[tuple[dict[str, jax.Array], jax.Array]]:
+        """The evaluation step's (metrics, weight) for each of the first `limit` batches (None: all), on the device."""
+        for index, batch in enumerate(itertools.islice(dataset.epoch_batches(self.batch_size), limit)):
+            batch = jax.device_put(batch, self._batch_sharding)
+            yield self._eval_step(params, non_params, batch, jax.random.fold_in(key, index))
+
     def _evaluate(self, params: nnx.State, non_params: nnx.State, dataset: Dataset, key: jax.Array) -> dict[str, float]:
-        batches = itertools.islice(dataset.epoch_batches(self.batch_size), self.eval_batches)
-        results = [
-            self._eval_step(
-                params, non_params, jax.device_put(batch, self._batch_sharding), jax.random.fold_in(key, index)
-            )
-            for index, batch in enumerate(batches)
-        ]
-        results = jax.device_get(results)
+        results = jax.device_get(list(self._eval_batches(params, non_params, dataset, key, self.eval_batches)))
         total_weight = sum(weight for _, weight in results)
         if total_weight == 0:
             raise ValueError("the evaluation split yielded no rows")
