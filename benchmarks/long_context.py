@@ -9,7 +9,11 @@
   steps) and peak memory (the process's RSS high-water mark).
 - gpt2: the `gpt2` preset (124M) training step at T=1024, batch 2, the same four columns.
 - decode: greedy decoding of 128 tokens after a 16-token prompt with the gpt2 preset, batch 1 and 8, against
-  transformers `generate` (KV cache, sdpa).
+  transformers `generate` (KV cache, sdpa). Batch-1 decoding is bound by memory reads: every token reads every
+  weight once, so its ceiling is `read bandwidth / weight bytes`, where the bandwidth is measured in the same run
+  (the best of 5 jitted sums over a 1 GiB float32 array, both cores) and the weight bytes are 4 × the preset's
+  parameters less its position table (of which a step reads one row; the tied token table is read whole, as the
+  LM head). The KV cache (under 11 MB at 144 tokens) is left out, so the ceiling is slightly generous.
 Every (case, implementation) runs in its own process, so each RSS high-water mark is its own; the parent prints one
 JSON line per case (with ratios) and a Markdown table. Measure on a quiet machine: a second busy process halves
 the matmul rate.
@@ -175,6 +179,33 @@ def child_decode(implementation: str, batch: int, warmup: int, steps: int) -> di
 # ---------------------------------------------------------------------------------------------------------- parent
 
 
+def child_bandwidth() -> dict:
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from flaxen import GPTConfig, GPTForCausalLM
+
+    array = jax.random.uniform(jax.random.key(0), (256, 1024, 1024), jnp.float32)  # 1 GiB
+    total = jax.jit(jnp.sum)
+    total(array).block_until_ready()
+    seconds = []
+    for _ in range(5):
+        start = time.perf_counter()
+        total(array).block_until_ready()
+        seconds.append(time.perf_counter() - start)
+    bandwidth = array.nbytes / min(seconds)
+    config = GPTConfig.gpt2(dropout=0.0)
+    shapes = nnx.eval_shape(lambda: GPTForCausalLM(config, rngs=nnx.Rngs(0)))
+    parameters = sum(leaf.size for leaf in jax.tree.leaves(nnx.state(shapes, nnx.Param)))
+    weight_bytes = 4 * (parameters - config.context_length * config.hidden_size)
+    return {
+        "read_gb_per_s": round(bandwidth / 1e9, 2),
+        "weight_bytes": weight_bytes,
+        "ceiling_tokens_per_s": round(bandwidth / weight_bytes, 1),
+    }
+
+
 def run_child(arguments: list[str]) -> dict:
     command = [sys.executable, os.path.abspath(__file__), "--child", *arguments]
     # Both sides under the huge-page tunable the `flaxen` command relaunches with (benchmarks/run.py does the same).
@@ -229,6 +260,8 @@ def main() -> None:
         if kind == "train":
             implementation, preset, context, batch, warmup, steps = rest
             result = child_train(implementation, preset, int(context), int(batch), int(warmup), int(steps))
+        elif kind == "bandwidth":
+            result = child_bandwidth()
         else:
             implementation, batch, warmup, steps = rest
             result = child_decode(implementation, int(batch), int(warmup), int(steps))
@@ -250,6 +283,8 @@ def main() -> None:
         rows.append(training_row("train gpt2 preset", "gpt2", 1024, 2, args, steps=max(2, args.steps // 2)))
         print(json.dumps(rows[-1]), flush=True)
     if "decode" in args.only:
+        info("read bandwidth and the batch-1 decoding ceiling")
+        ceiling = run_child(["bandwidth"])
         for batch in (1, 8):
             results = {}
             for implementation in DECODE_IMPLEMENTATIONS:
@@ -261,6 +296,16 @@ def main() -> None:
                     "batch": batch,
                     **{f"{impl}_tokens_per_s": r.get("tokens_per_s") for impl, r in results.items()},
                     "ratio_vs_eager": ratio(results["flaxen"], results["hf_eager"]),
+                    **(
+                        {
+                            **ceiling,
+                            "fraction_of_ceiling": round(
+                                results["flaxen"]["tokens_per_s"] / ceiling["ceiling_tokens_per_s"], 3
+                            ),
+                        }
+                        if batch == 1 and "tokens_per_s" in results["flaxen"] and "ceiling_tokens_per_s" in ceiling
+                        else {}
+                    ),
                     "details": results,
                 }
             )

@@ -84,18 +84,18 @@ class MultiHeadAttention(nnx.Module):
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """Write this step's keys and values into `kv_cache` at `cache_index`; queries attend causally over it.
 
-        `kv_cache` is (keys (B, N, H, S), values (B, N, S, H)): the layouts the two matmuls read without a
-        transpose. Returns (B, T, D) and the updated cache.
+        `kv_cache` is (keys (B·N, H, S), values (B·N, S, H)): the layouts the two matmuls read as they are, with
+        one batch axis, so XLA needs no reshaped copy of the updated cache. Returns (B, T, D) and the updated cache.
         """
         query, key, value = self._heads(x)
         keys, values = kv_cache
         keys = jax.lax.dynamic_update_slice_in_dim(
-            keys, rearrange(key, "b t n h -> b n h t").astype(keys.dtype), cache_index, axis=3
+            keys, rearrange(key, "b t n h -> (b n) h t").astype(keys.dtype), cache_index, axis=2
         )
         values = jax.lax.dynamic_update_slice_in_dim(
-            values, rearrange(value, "b t n h -> b n t h").astype(values.dtype), cache_index, axis=2
+            values, rearrange(value, "b t n h -> (b n) t h").astype(values.dtype), cache_index, axis=1
         )
-        mask = masks.combine(mask, masks.causal(x.shape[1], keys.shape[3], query_offset=cache_index))
+        mask = masks.combine(mask, masks.causal(x.shape[1], keys.shape[2], query_offset=cache_index))
         attended = _attend_to_cache(query, keys, values, mask)
         return self.out(rearrange(attended, "b t n h -> b t (n h)")), (keys, values)
 
@@ -142,8 +142,12 @@ def _query_rows(mask: jax.Array | None, query_at: jax.Array, length: int) -> jax
 
 
 def _attend_to_cache(query: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array) -> jax.Array:
-    """Softmax attention of (B, T, N, H) queries over keys (B, N, H, S) and values (B, N, S, H)."""
-    scores = jnp.einsum("btnh,bnhs->bnts", query, keys.astype(query.dtype), preferred_element_type=jnp.float32)
+    """Softmax attention of (B, T, N, H) queries over keys (B·N, H, S) and values (B·N, S, H)."""
+    batch, length, heads, _ = query.shape
+    rows = rearrange(query, "b t n h -> (b n) t h")
+    mask = rearrange(jnp.broadcast_to(mask, (batch, heads, length, keys.shape[2])), "b n t s -> (b n) t s")
+    scores = jnp.einsum("xth,xhs->xts", rows, keys.astype(query.dtype), preferred_element_type=jnp.float32)
     scores = jnp.where(mask, scores / jnp.sqrt(query.shape[-1]).astype(jnp.float32), jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(query.dtype)
-    return jnp.einsum("bnts,bnsh->btnh", probs, values.astype(query.dtype))
+    attended = jnp.einsum("xts,xsh->xth", probs, values.astype(query.dtype))
+    return rearrange(attended, "(b n) t h -> b t n h", b=batch)

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 
 
 class KVCache(NamedTuple):
-    keys: tuple[jax.Array, ...]  # one (B, N, H, S) array per layer: the layout q·kᵀ reads without a transpose
-    values: tuple[jax.Array, ...]  # one (B, N, S, H) array per layer
+    keys: tuple[jax.Array, ...]  # one (B·N, H, S) array per layer: the layout q·kᵀ reads without a transpose
+    values: tuple[jax.Array, ...]  # one (B·N, S, H) array per layer
     valid: jax.Array  # (B, S) bool: written and not padding
     index: jax.Array  # int32 scalar: where the next token is written
 
@@ -19,8 +19,8 @@ class KVCache(NamedTuple):
         cls, *, num_layers: int, batch: int, length: int, num_heads: int, head_dim: int, dtype=jnp.float32
     ) -> KVCache:
         """A zeroed cache of `length` positions."""
-        keys = tuple(jnp.zeros((batch, num_heads, head_dim, length), dtype) for _ in range(num_layers))
-        values = tuple(jnp.zeros((batch, num_heads, length, head_dim), dtype) for _ in range(num_layers))
+        keys = tuple(jnp.zeros((batch * num_heads, head_dim, length), dtype) for _ in range(num_layers))
+        values = tuple(jnp.zeros((batch * num_heads, length, head_dim), dtype) for _ in range(num_layers))
         return cls(keys, values, jnp.zeros((batch, length), bool), jnp.zeros((), jnp.int32))
 
     @property
