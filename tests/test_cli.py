@@ -4,11 +4,13 @@ import hashlib
 import json
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
-from flaxen.cli import main
+import flaxen
+from flaxen.cli import build_parser, main
 
 WORDS = "the king queen love night day sword crown blood heart fair foul sweet death life honour".split()
 TRAIN = ["--preset", "tiny", "--steps", "4", "--batch-size", "4", "--eval-every", "2", "--no-progress"]
@@ -369,7 +371,57 @@ def test_a_run_folder_loads_with_from_pretrained_as_its_final_weights(workspace)
 
 
 def test_an_empty_labels_list_means_every_label():
-    from flaxen.cli import build_parser
 
     assert build_parser().parse_args(["finetune", "bert", "--labels", ""]).labels is None
     assert build_parser().parse_args(["finetune", "bert", "--labels", "neg,pos"]).labels == ["neg", "pos"]
+
+
+def test_lora_finetune_from_the_shell_trains_adapters_and_exports_a_plain_model(workspace, tmp_path, capsys):
+    from flaxen import lora
+    from flaxen.runs import FROZEN_FILE, load_run
+
+    out = tmp_path / "lora"
+    common = ["finetune", "bert", "--from", str(workspace["mlm"]), "--data", str(workspace["table"])]
+    common += ["--max-length", "16", "--out", str(out), *TRAIN]
+    assert main([*common, "--lora", "2"]) == 0
+    assert json.loads((out / "run.json").read_text())["lora"] == {"rank": 2}
+    assert (out / FROZEN_FILE).is_file()
+    run = load_run(out)
+    assert not lora.has_lora(run.model)  # loaded merged
+    capsys.readouterr()
+    assert main(["predict", "--run", str(out), "--text", "the king"]) == 0
+    assert json.loads(capsys.readouterr().out)["label"] in ("negative", "positive")
+    assert main(["convert", str(out), str(tmp_path / "hf")]) == 0
+    exported = flaxen.BertForSequenceClassification.from_pretrained(tmp_path / "hf")
+    ids = jnp.asarray([[2, 5, 6, 3]])
+    np.testing.assert_allclose(np.asarray(exported(ids)), np.asarray(run.model(ids)), atol=1e-5)
+    # Resuming it without --lora (or with another rank) would restore the wrong state: refused, nothing touched.
+    before = snapshot(out)
+    for flags in ([], ["--lora", "4"]):
+        assert main([*common, "--resume", *flags]) == 2
+        assert "was trained with --lora 2" in capsys.readouterr().err
+    assert main([*common, "--lora", "0", "--overwrite"]) == 2
+    assert "--lora must be a whole number of at least 1" in capsys.readouterr().err
+    assert snapshot(out) == before
+
+
+def _every_command(parser, prefix=()):
+    """Each runnable command's words, e.g. ("pretrain", "gpt"), walking the parser's subcommands."""
+    import argparse
+
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not actions:
+        yield prefix
+        return
+    for name, sub in actions[0].choices.items():
+        yield from _every_command(sub, (*prefix, name))
+
+
+@pytest.mark.parametrize("words", list(_every_command(build_parser())), ids=" ".join)
+def test_every_command_has_help_that_names_its_options(words, capsys):
+    assert main([*words, "--help"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: flaxen {' '.join(words)}") and "options:" in text
+    if words[0] in ("pretrain", "finetune", "train"):
+        for flag in ("--steps", "--minutes", "--lr", "--out", "--resume", "--early-stopping", "--schedule"):
+            assert flag in text, flag

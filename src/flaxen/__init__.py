@@ -12,7 +12,7 @@ from flaxen.models.gpt import GPT, GPTConfig, GPTForCausalLM, GPTForSequenceClas
 from flaxen.models.vit import ViT, ViTConfig, ViTForImageClassification
 
 if TYPE_CHECKING:
-    from flaxen import data, text, train
+    from flaxen import data, lora, text, train
     from flaxen.predict import pipeline
     from flaxen.train import Trainer
 
@@ -25,6 +25,7 @@ __all__ = [
     "runtime",
     "generate",
     "generate_ids",
+    "lora",
     "pipeline",
     "text",
     "train",
@@ -46,6 +47,7 @@ _LAZY = {
     "data": ("flaxen.data", None),
     "text": ("flaxen.text", None),
     "train": ("flaxen.train", None),
+    "lora": ("flaxen.lora", None),
     "Trainer": ("flaxen.train", "Trainer"),
     "pipeline": ("flaxen.predict", "pipeline"),
 }

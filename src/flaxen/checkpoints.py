@@ -105,9 +105,16 @@ def restore_checkpoint(
 
 
 def restore_model_weights(
-    model: nnx.Module, directory: str | Path, step: int | None = None, *, best_metric: str = "loss"
+    model: nnx.Module,
+    directory: str | Path,
+    step: int | None = None,
+    *,
+    best_metric: str = "loss",
+    without: set[str] = frozenset(),
 ) -> int:
-    """Restore checkpoint `step` (default: the best by `best_metric`, else the latest) into `model`; its step."""
+    """Restore checkpoint `step` (default: the best by `best_metric`, else the latest) into `model`; its step.
+
+    `without` names (dotted paths) parameters the checkpoint does not hold: a run's frozen ones."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"no checkpoint folder at {directory}; is it a flaxen run folder?")
@@ -119,9 +126,14 @@ def restore_model_weights(
             raise FileNotFoundError(
                 f"no checkpoint {'' if step is None else step} in {directory}; saved steps: {manager.all_steps()}"
             )
-        restored = manager.restore(
-            step, args=ocp.args.Composite(model=ocp.args.StandardRestore(_abstract(nnx.state(model))))
+        saved = nnx.from_flat_state(
+            [
+                (path, value)
+                for path, value in nnx.to_flat_state(nnx.state(model))
+                if ".".join(map(str, path)) not in without
+            ]
         )
+        restored = manager.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore(_abstract(saved))))
     nnx.update(model, restored.model)
     return step
 

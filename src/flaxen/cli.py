@@ -94,6 +94,13 @@ def _classification_arguments(parser: argparse.ArgumentParser, recipe) -> None:
         "--max-length", type=int, default=recipe.default("max_length"), help="tokens per text (default: %(default)s)"
     )
     parser.add_argument(
+        "--lora",
+        type=int,
+        metavar="RANK",
+        help="train rank-RANK LoRA adapters on every block's projections (and the head) instead of every weight; "
+        "the run's weights and exports are the merged, plain model (default: full finetuning)",
+    )
+    parser.add_argument(
         "--vocab-size",
         type=int,
         default=recipe.default("vocab_size"),

@@ -212,6 +212,7 @@ def finetune_bert(
     overwrite: bool = False,
     config_overrides: dict[str, Any] | None = None,
     learning_rate: float | None = None,
+    lora: int | None = None,
     **options,
 ) -> dict[str, Any]:
     """Finetune BertForSequenceClassification on a labelled table, starting from our MLM run or a Hugging Face BERT
@@ -222,9 +223,15 @@ def finetune_bert(
     columns default to "text" and "label", the encoding to UTF-8, and `labels` to every label in the table. The
     learning rate defaults to 5e-5 from a pretrained model and 1e-4 from a fresh one; the best checkpoint is the
     one with the highest validation accuracy.
+
+    With `lora` RANK, every block's projections get rank-RANK adapters (`flaxen.lora`) and only they and the head
+    train, at LORA_LEARNING_RATE by default; the run's weights and exports are the merged, plain model.
     """
+    if lora is not None and lora < 1:
+        raise ValueError(f"--lora must be a whole number of at least 1 (the adapters' rank), got {lora}")
     start_from = _default_start(start_from)
-    learning_rate = learning_rate or (PRETRAINED_LEARNING_RATE if start_from else 1e-4)
+    default_rate = LORA_LEARNING_RATE if lora else PRETRAINED_LEARNING_RATE if start_from else 1e-4
+    learning_rate = learning_rate or default_rate
     options = training_options(**options, learning_rate=learning_rate)
     if table is None:
         defaults = {
@@ -254,6 +261,16 @@ def finetune_bert(
     flaxen.data.check_num_labels(splits, num_labels)
     labelled = {"num_labels": num_labels, "label_names": tuple(splits.info["label_names"])}
     model = _classifier_from(start_from, tokenizer, preset, labelled, max_length, options["seed"], config_overrides)
+    trainable = nnx.Param
+    if lora is not None:
+        recorded = (read_run_file(out_dir).get("lora") or {}).get("rank") if resume and is_run_folder(out_dir) else lora
+        if recorded != lora:
+            given = f"with --lora {recorded}" if recorded else "without --lora"
+            raise ValueError(f"{out_dir} was trained {given}; resume it the same way")
+        flaxen.lora.add_lora(model, lora, rngs=nnx.Rngs(options["seed"] + 1))
+        trainable = flaxen.lora.trainable(model)
+    elif resume and is_run_folder(out_dir) and read_run_file(out_dir).get("lora"):
+        raise ValueError(f"{out_dir} was trained with --lora {read_run_file(out_dir)['lora']['rank']}; resume it so")
     recorded = columns | {
         "table": str(table),
         "labels": list(columns["labels"] or []) or None,
@@ -269,11 +286,21 @@ def finetune_bert(
         choices = "--from FOLDER picks another model, --from none a fresh one"
         print(f"flaxen: starting from the bundled all-MiniLM-L6-v2 ({start_from}); {choices}", file=sys.stderr)
     return _fit(
-        model, splits, out_dir, tokenizer, options, run_info, resume=resume, overwrite=overwrite, best_metric="accuracy"
+        model,
+        splits,
+        out_dir,
+        tokenizer,
+        options,
+        run_info,
+        resume=resume,
+        overwrite=overwrite,
+        best_metric="accuracy",
+        trainable=trainable,
     )
 
 
 PRETRAINED_LEARNING_RATE = 5e-5  # BERT finetuning's usual range is 2e-5 to 5e-5; small encoders take its top
+LORA_LEARNING_RATE = 1e-3  # adapters start at zero and have no α/r scaling here, so they want a higher rate
 
 
 def _default_start(start_from: str | Path | None) -> Path | None:
@@ -476,7 +503,7 @@ RECIPES = {
             },
             notes={
                 "preset": "fresh models only; --from brings its own size",
-                "learning_rate": "default: 5e-5 from a pretrained model, 1e-4 from a fresh one",
+                "learning_rate": "default: 5e-5 from a pretrained model, 1e-4 from a fresh one, 1e-3 with --lora",
             },
         ),
         Recipe(
@@ -583,10 +610,11 @@ def _fit(
     overwrite,
     augment=None,
     best_metric: str = "loss",
+    trainable=nnx.Param,
 ):
     """Everything is checked; now write the run folder and train."""
     budget_start = time.perf_counter()
-    plan = _budget_plan(model, splits, out_dir, options, resume=resume, augment=augment)
+    plan = _budget_plan(model, splits, out_dir, options, resume=resume, augment=augment, trainable=trainable)
     steps, evaluations = plan["steps"], plan.get("evaluations", EVALUATIONS)
     options = options | {
         "steps": steps,
@@ -607,13 +635,30 @@ def _fit(
     if not (resume and is_run_folder(out_dir)):
         write_run_files(model, out_dir, run_info)
     trainer = _trainer(
-        model, out_dir, options, run_info=run_info, augment=augment, best_metric=best_metric, tokenizer=tokenizer
+        model,
+        out_dir,
+        options,
+        run_info=run_info,
+        augment=augment,
+        best_metric=best_metric,
+        tokenizer=tokenizer,
+        trainable=trainable,
     )
     final = trainer.fit(splits, options["steps"], resume=resume, overwrite=overwrite)
     return {"run": str(out_dir), **final, "wall_seconds": time.perf_counter() - budget_start}
 
 
-def _trainer(model, out_dir: Path, options, *, run_info=None, augment=None, best_metric: str = "loss", tokenizer=None):
+def _trainer(
+    model,
+    out_dir: Path,
+    options,
+    *,
+    run_info=None,
+    augment=None,
+    best_metric: str = "loss",
+    tokenizer=None,
+    trainable=nnx.Param,
+):
     """The Trainer and AdamW schedule a recipe's options describe (`options["steps"]` set)."""
     optimizer = flaxen.train.adamw(
         options["learning_rate"],
@@ -640,10 +685,13 @@ def _trainer(model, out_dir: Path, options, *, run_info=None, augment=None, best
         tokenizer=tokenizer,
         early_stopping=options["early_stopping"],
         tensorboard=options["tensorboard"],
+        trainable=trainable,
     )
 
 
-def _budget_plan(model, splits, out_dir: Path, options, *, resume: bool, augment) -> dict[str, Any]:
+def _budget_plan(
+    model, splits, out_dir: Path, options, *, resume: bool, augment, trainable=nnx.Param
+) -> dict[str, Any]:
     """The run's step count: as given, from epochs, or from minutes and the measured step time.
 
     A minutes budget also decides how often, and over how many validation batches, the run evaluates, so that
@@ -660,7 +708,9 @@ def _budget_plan(model, splits, out_dir: Path, options, *, resume: bool, augment
         return {name: value for name, value in recorded.items() if name != "minutes"}
     start = time.perf_counter()
     # Any schedule times the same; the run compiles its own step again, which the estimate counts.
-    probe = _trainer(model, out_dir, options | {"steps": 2, "warmup": 1, "eval_every": 1}, augment=augment)
+    probe = _trainer(
+        model, out_dir, options | {"steps": 2, "warmup": 1, "eval_every": 1}, augment=augment, trainable=trainable
+    )
     first_step, step = probe.time_steps(splits.train, seconds=PROBE_SHARE * amount * 60)
     plan = {}
     evaluation_seconds = 0.0

@@ -5,7 +5,8 @@ config.json       the model config (flaxen layout, so `from_pretrained` reads th
 tokenizer.json    the tokenizer, for text models
 checkpoints/      orbax checkpoints, latest N + best by validation loss (`flaxen.checkpoints`)
 metrics.jsonl     one line per log or evaluation; loss_curve.png plots it
-model.safetensors the final weights under flaxen's names
+model.safetensors the final weights under flaxen's names (adapters merged)
+frozen.safetensors the parameters a run did not train (a LoRA run's base weights), which its checkpoints leave out
 eval-<data>.json  `flaxen eval` on held-out data, with eval-<data>-confusion.png for classifiers
 """
 
@@ -19,8 +20,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from flax import nnx
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
+from flaxen import lora
 from flaxen.hf import CONFIG_FILE, WEIGHTS_FILE, save_flaxen_weights
+from flaxen.hf.save import named_arrays
+from flaxen.hf.table import dotted
 from flaxen.models import CONFIG_CLASSES, model_class_named
 from flaxen.text.tokenizer import TOKENIZER_FILE, load_tokenizer
 
@@ -28,6 +34,7 @@ RUN_FILE = "run.json"
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss_curve.png"
+FROZEN_FILE = "frozen.safetensors"
 PARTIAL_SUFFIX = ".partial"  # a file being written by `write_atomically`
 RECIPE_KEY = "recipe"  # run.json's name for the recipe that made the run; runs before 0.2 wrote "journey"
 
@@ -62,6 +69,8 @@ def write_run_files(model: nnx.Module, folder: Path, run_info: dict[str, Any] | 
     run.json comes first: it marks the folder as a run, so a run killed after it can be resumed.
     """
     run = {"model_class": type(model).__name__, **(run_info or {})}
+    if lora.has_lora(model):
+        run["lora"] = {"rank": lora.lora_rank(model)}
     write_atomically(folder / RUN_FILE, json.dumps(run, indent=2) + "\n")
     write_atomically(folder / CONFIG_FILE, model.config.to_json() + "\n")
 
@@ -71,6 +80,11 @@ def write_weights(model: nnx.Module, folder: Path) -> Path:
     with config.json, a `from_pretrained` folder."""
     write_atomically(folder / WEIGHTS_FILE, lambda partial: save_flaxen_weights(model, partial))
     return folder / WEIGHTS_FILE
+
+
+def write_frozen_parameters(frozen: nnx.State, folder: Path) -> None:
+    """The parameters a run does not train, under flaxen's names in frozen.safetensors (its checkpoints omit them)."""
+    write_atomically(folder / FROZEN_FILE, lambda partial: save_file(named_arrays(frozen), partial))
 
 
 # ------------------------------------------------------------------------------------------------- reading
@@ -110,7 +124,21 @@ def load_checkpoint(model: nnx.Module, folder: str | Path, step: int | None = No
     if not (folder / CHECKPOINT_DIR).is_dir():
         raise FileNotFoundError(f"{folder} has no {CHECKPOINT_DIR}/ folder; is it a flaxen run folder?")
     best_metric = read_run_file(folder).get("best_metric", "loss") if is_run_folder(folder) else "loss"
-    return restore_model_weights(model, folder / CHECKPOINT_DIR, step, best_metric=best_metric)
+    frozen = _load_frozen_parameters(model, folder / FROZEN_FILE) if (folder / FROZEN_FILE).is_file() else set()
+    return restore_model_weights(model, folder / CHECKPOINT_DIR, step, best_metric=best_metric, without=frozen)
+
+
+def _load_frozen_parameters(model: nnx.Module, file: Path) -> set[str]:
+    """Fill `model` with the parameters a run did not train (its frozen.safetensors); their names."""
+    with safe_open(file, framework="flax") as reader:
+        names = set(reader.keys())
+        variables = {dotted(path): variable for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+        missing = names - variables.keys()
+        if missing:
+            raise ValueError(f"{file} holds parameters the model lacks ({', '.join(sorted(missing)[:3])}, ...)")
+        for name in names:
+            variables[name].set_value(reader.get_tensor(name))
+    return names
 
 
 def load_run(folder: str | Path, *, step: int | None = None) -> Run:
@@ -127,7 +155,10 @@ def load_run(folder: str | Path, *, step: int | None = None) -> Run:
     if hasattr(config, "label_names") and not config.label_names and len(names) == config.num_labels:
         config = config.replace(label_names=names)  # runs before 0.2 kept their label names in run.json only
     model = nnx.eval_shape(lambda: model_class(config, rngs=nnx.Rngs(0)))
+    if info.get("lora"):  # adapters as trained, merged once loaded: predictions run on a plain model
+        lora.add_lora(model, info["lora"]["rank"], rngs=nnx.Rngs(0))
     loaded_step = load_checkpoint(model, folder, step)
+    lora.merge_lora(model)
     model.eval()
     tokenizer = load_tokenizer(folder / TOKENIZER_FILE) if (folder / TOKENIZER_FILE).exists() else None
     if tokenizer is not None:

@@ -11,6 +11,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import save_file
 
+from flaxen import lora
 from flaxen.hf.load import CONFIG_FILE, WEIGHTS_FILE
 from flaxen.hf.table import activation_to_hf, backbone_prefix, default_label_names, dotted
 
@@ -40,10 +41,13 @@ def save_flaxen_weights(model: nnx.Module, file: Path) -> None:
 
 
 def flaxen_params(model: nnx.Module) -> dict[str, np.ndarray]:
-    """Every parameter as a numpy array, keyed by its dotted nnx path."""
-    return {
-        dotted(path): np.asarray(variable[...]) for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param))
-    }
+    """Every parameter as a numpy array, keyed by its dotted nnx path; LoRA adapters merged into their layers."""
+    return named_arrays(nnx.state(lora.merged(model), nnx.Param))
+
+
+def named_arrays(state: nnx.State) -> dict[str, np.ndarray]:
+    """Each array of `state` as numpy, keyed by its dotted nnx path."""
+    return {dotted(path): np.asarray(variable[...]) for path, variable in nnx.to_flat_state(state)}
 
 
 def _contiguous(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

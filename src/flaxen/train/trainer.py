@@ -40,6 +40,7 @@ from flaxen.runs import (
     RUN_FILE,
     check_resumable,
     write_atomically,
+    write_frozen_parameters,
     write_run_files,
     write_weights,
 )
@@ -87,7 +88,7 @@ class _RunPosition(NamedTuple):
 class _TrainState:
     params: nnx.State
     opt_state: optax.OptState
-    non_params: nnx.State  # non-parameter variables (e.g. batch statistics), carried through the step
+    non_params: nnx.State  # frozen parameters and other variables (e.g. batch statistics), carried through the step
 
 
 class Trainer:
@@ -120,6 +121,7 @@ class Trainer:
         tokenizer: Any = None,
         early_stopping: int | None = None,
         tensorboard: bool = True,
+        trainable: Any = nnx.Param,
     ):
         """`augment(batch, key) -> batch` is applied on the device inside the training step only (jittable).
 
@@ -139,6 +141,11 @@ class Trainer:
         With `tensorboard`, every metrics.jsonl record is also written as TensorBoard scalars ("train/loss",
         "validation/accuracy", ...) to event files in the run folder, with run.json and config.json as text, so
         `tensorboard --logdir runs/` shows every run.
+
+        `trainable` (an nnx filter; default: every parameter) says which parameters train. The others stay
+        bit-identical, the optimizer state holds nothing for them, and checkpoints leave them out: they are written
+        once, to frozen.safetensors in the run folder. `flaxen.lora.trainable(model)` selects the adapters and the
+        task head of a model given adapters by `flaxen.lora.add_lora`.
         """
         self.model = model
         self.optimizer = optimizer
@@ -162,16 +169,25 @@ class Trainer:
         self.tensorboard = tensorboard
         self.mesh = mesh or make_mesh()
         check_batch_size(batch_size, self.mesh)
-        params, non_params = nnx.state(model, nnx.Param, ...)
+        self.trainable = trainable
+        params, non_params = nnx.state(model, trainable, ...)
+        if not jax.tree.leaves(params):
+            raise ValueError("the trainable filter selects no parameter of the model; nothing would train")
         self._state_sharding = _TrainState(  # a _TrainState of NamedShardings
             parameter_sharding(params, self.mesh, sharding_rules),
             parameter_sharding(jax.eval_shape(optimizer.init, params), self.mesh, sharding_rules),
-            jax.tree.map(lambda _: replicated(self.mesh), non_params),
+            parameter_sharding(non_params, self.mesh, sharding_rules),  # frozen parameters split like trained ones
         )
         self._batch_sharding = batch_sharding(self.mesh)
         model.train()
         self._train_step = _make_train_step(
-            nnx.graphdef(model), optimizer, self.compute_dtype, self._state_sharding, self._batch_sharding, augment
+            nnx.graphdef(model),
+            optimizer,
+            self.compute_dtype,
+            self._state_sharding,
+            self._batch_sharding,
+            augment,
+            trainable,
         )
         model.eval()
         self._eval_step = _make_eval_step(
@@ -221,7 +237,7 @@ class Trainer:
 
     def _placed_model_state(self) -> tuple[nnx.State, nnx.State]:
         """The model's parameters and its other variables, moved to their shardings on the mesh."""
-        state = nnx.state(self.model, nnx.Param, ...)
+        state = nnx.state(self.model, self.trainable, ...)
         return jax.device_put(state, (self._state_sharding.params, self._state_sharding.non_params))
 
     def fit(self, data: Splits, steps: int, resume: bool = False, overwrite: bool = False) -> dict[str, float]:
@@ -271,14 +287,19 @@ class Trainer:
         if resume and latest is not None:
             # The placed state is the template: orbax reads each array straight into its sharding on this mesh,
             # whatever mesh saved it.
+            frozen, others = nnx.split_state(non_params, nnx.Param, ...)
             model_state, state.opt_state, progress = restore_checkpoint(
-                manager, latest, nnx.merge_state(params, non_params), opt_state
+                manager, latest, nnx.merge_state(params, others), opt_state
             )
-            state.params, state.non_params = nnx.split_state(model_state, nnx.Param, ...)
+            state.params, others = nnx.split_state(model_state, self.trainable, ...)
+            state.non_params = nnx.merge_state(frozen, others)
             drop_records_after(metrics_path, latest)
             self._save_tokenizer()
             return state, _RunPosition(latest, progress["seed"], progress["elapsed"])
         write_run_files(self.model, self.out_dir, (self.run_info or {}) | {"best_metric": self.best_metric})
+        frozen = nnx.state(self.model, nnx.All(nnx.Param, nnx.Not(self.trainable)))
+        if jax.tree.leaves(frozen):
+            write_frozen_parameters(frozen, self.out_dir)
         self._save_tokenizer()
         metrics_path.write_text("")
         return state, _RunPosition(0, self.seed, 0.0)
@@ -384,7 +405,7 @@ class Trainer:
                     save_checkpoint(
                         manager,
                         done,
-                        nnx.merge_state(state.params, state.non_params),
+                        nnx.merge_state(state.params, nnx.filter_state(state.non_params, nnx.Not(nnx.Param))),
                         state.opt_state,
                         seed=start.seed,
                         elapsed=elapsed(),
@@ -429,6 +450,7 @@ def _make_train_step(
     state_sharding: _TrainState,
     batch_sharding: NamedSharding,
     augment: Callable | None = None,
+    trainable: Any = nnx.Param,
 ) -> Callable:
     """A jitted pure step (params, opt_state, non_params, batch, base_key, step)
     -> (params, opt_state, non_params, metrics).
@@ -446,7 +468,7 @@ def _make_train_step(
         def loss_fn(params):
             model = nnx.merge(graphdef, _cast_floats(params, compute_dtype), non_params)
             loss, metrics = model.loss(inputs, rngs=as_rngs(key))
-            return loss, (metrics, nnx.state(model, nnx.Not(nnx.Param)))
+            return loss, (metrics, nnx.state(model, nnx.Not(trainable)))
 
         (loss, (metrics, non_params)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
