@@ -3,7 +3,8 @@
 expected.safetensors holds the case's inputs ("input.*") and transformers' outputs ("output.*": logits or the pooled
 output, and the hidden states of every layer), so the parity tests also run where torch is absent. The
 pipeline-<task> folders are flaxen exports with expected.json: transformers' pipeline scores on them.
-Run from the repository root with torch and transformers installed:  python scripts/make_golden_fixtures.py
+Run from the repository root with torch and transformers installed:  python scripts/make_golden_fixtures.py [NAME...]
+(names: only those fixtures; default: all).
 """
 
 import json
@@ -27,8 +28,10 @@ from hf_reference import (  # noqa: E402
 SIZE_LIMIT = 200_000  # bytes per file: fixtures live in git
 
 
-def main() -> None:
+def main(only: list[str]) -> None:
     for name, case in CASES.items():
+        if only and name not in only:
+            continue
         folder = FIXTURES / name
         shutil.rmtree(folder, ignore_errors=True)
         model = build_hf_model(case)
@@ -39,6 +42,8 @@ def main() -> None:
         save_file(expected, folder / "expected.safetensors")
         report(folder)
     for task in PIPELINE_LABELS:  # a flaxen export, and what transformers' pipeline makes of it
+        if only and f"pipeline-{task}" not in only:
+            continue
         folder = FIXTURES / f"pipeline-{task}"
         shutil.rmtree(folder, ignore_errors=True)
         build_pipeline_folder(task, folder)
@@ -54,4 +59,4 @@ def report(folder: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

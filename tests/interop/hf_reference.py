@@ -11,7 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-from flaxen import Bert, BertForMaskedLM, BertForSequenceClassification, GPTForCausalLM, ViT, ViTForImageClassification
+from flaxen import (
+    Bert,
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    GPTForCausalLM,
+    GPTForSequenceClassification,
+    ViT,
+    ViTForImageClassification,
+)
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 TOLERANCE = 1e-4
@@ -46,9 +54,26 @@ def text_inputs(*, token_types: bool, seed: int = 0) -> dict[str, np.ndarray]:
     return inputs
 
 
+def gpt2_classifier_inputs() -> dict[str, np.ndarray]:
+    """Three rows, two right-padded with GPT2_PAD: transformers' GPT-2 classifier reads each row's last token that
+    is not the pad id, flaxen's the last one its padding mask marks real; real tokens never equal the pad id."""
+    rng = np.random.default_rng(1)
+    padding_mask = np.ones((3, 10), np.int32)
+    padding_mask[1, 6:] = 0
+    padding_mask[2, 1:] = 0
+    token_ids = rng.integers(0, GPT2_PAD, (3, 10)).astype(np.int32)
+    return {
+        "token_ids": np.where(padding_mask == 1, token_ids, GPT2_PAD).astype(np.int32),
+        "padding_mask": padding_mask,
+    }
+
+
 def image_inputs(height: int, width: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Two images, channels first as Hugging Face takes them."""
     return {"pixel_values": np.random.default_rng(seed).normal(size=(2, 3, height, width)).astype(np.float32)}
+
+
+GPT2_PAD = VOCAB_SIZE - 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +101,22 @@ CASES = {
         },
         GPTForCausalLM,
         text_inputs(token_types=False),
+    ),
+    "gpt2-classifier": Case(
+        "GPT2ForSequenceClassification",
+        "GPT2Config",
+        {
+            "vocab_size": VOCAB_SIZE,
+            "n_embd": 32,
+            "n_layer": 2,
+            "n_head": 4,
+            "n_inner": 64,
+            "n_positions": 16,
+            "num_labels": 3,
+            "pad_token_id": GPT2_PAD,
+        },
+        GPTForSequenceClassification,
+        gpt2_classifier_inputs(),
     ),
     "bert-model": Case("BertModel", "BertConfig", BERT_CONFIG, Bert, text_inputs(token_types=True)),
     "bert-mlm": Case(

@@ -179,9 +179,13 @@ class Trainer:
             parameter_sharding(non_params, self.mesh, sharding_rules),  # frozen parameters split like trained ones
         )
         self._batch_sharding = batch_sharding(self.mesh)
-        model.train()
+        with _layers_computing_in(model, self.compute_dtype):
+            model.train()
+            train_graph = nnx.graphdef(model)
+            model.eval()
+            eval_graph = nnx.graphdef(model)
         self._train_step = _make_train_step(
-            nnx.graphdef(model),
+            train_graph,
             optimizer,
             self.compute_dtype,
             self._state_sharding,
@@ -189,10 +193,7 @@ class Trainer:
             augment,
             trainable,
         )
-        model.eval()
-        self._eval_step = _make_eval_step(
-            nnx.graphdef(model), self.compute_dtype, self._state_sharding, self._batch_sharding
-        )
+        self._eval_step = _make_eval_step(eval_graph, self.compute_dtype, self._state_sharding, self._batch_sharding)
 
     def evaluate(self, dataset: Dataset) -> dict[str, float]:
         """Metrics of the model's current weights over one pass of `dataset` (weighted means, no dropout)."""
@@ -513,6 +514,25 @@ def _run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
     """Base keys for training (folded with the step) and evaluation (folded with the batch index)."""
     root = jax.random.key(seed)
     return jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
+
+
+@contextlib.contextmanager
+def _layers_computing_in(model: nnx.Module, dtype) -> Iterator[None]:
+    """Every layer's compute `dtype` set to `dtype` (None: left alone) while the step's graph is taken, then put
+    back. Layers promote their parameters and inputs to their own dtype, so casting the parameters alone would
+    leave a float32-configured model computing in float32."""
+    changed = []
+    if dtype is not None:
+        for _, module in nnx.iter_modules(model):
+            current = getattr(module, "dtype", False)
+            if current is None or (current is not False and jnp.issubdtype(current, jnp.floating)):
+                changed.append((module, current))
+                module.dtype = dtype
+    try:
+        yield
+    finally:
+        for module, current in changed:
+            module.dtype = current
 
 
 def _cast_floats(tree: Any, dtype) -> Any:
