@@ -127,6 +127,8 @@ def test_generate_prints_the_prompt_and_new_text(workspace, capsys):
     )
     out = capsys.readouterr().out
     assert out.startswith("the king") and "\nlove" in out
+    king, love = out.split("\nlove")
+    assert len(king.strip()) > len("the king") and love.strip()  # new text after each prompt, not an echo
 
 
 @pytest.mark.parametrize("run", ["gpt", "clf", "vit"])
@@ -255,20 +257,20 @@ def bad_inputs(workspace):
     gpt = ["pretrain", "gpt", "--vocab-size", "300", *TRAIN]
     return {
         "missing file": ([*gpt, "--data", str(root / "nope.txt"), "--out", str(root / "new1")], "no such file"),
-        "empty file": ([*gpt, "--data", str(empty), "--out", str(root / "new2")], "empty"),
-        "undecodable text": ([*gpt, "--data", str(binary), "--out", str(root / "new3")], "encoding"),
-        "text shorter than a block": ([*gpt, "--data", str(short), "--out", str(root / "new4")], "tokens"),
+        "empty file": ([*gpt, "--data", str(empty), "--out", str(root / "new2")], "is empty: there is no text"),
+        "undecodable text": ([*gpt, "--data", str(binary), "--out", str(root / "new3")], "is not valid utf-8 text"),
+        "text shorter than a block": ([*gpt, "--data", str(short), "--out", str(root / "new4")], "tokens but"),
         "missing label column": (
             ["finetune", "bert", "--data", str(no_label), "--out", str(root / "new5"), *TRAIN],
             "no column 'label'",
         ),
         "more labels than the head": (
             ["finetune", "bert", "--data", str(three_labels), "--num-labels", "2", "--out", str(root / "new6"), *TRAIN],
-            "3",
+            "the data has 3 labels (negative, neutral, positive) but the model has num_labels=2",
         ),
         "images of mixed sizes": (
             ["train", "vit", "--images", str(mixed), "--out", str(root / "new7"), *TRAIN],
-            "size",
+            "images differ in size, channels or dtype",
         ),
         "negative mixup": (
             ["train", "vit", "--images", str(ws["images"]), "--mixup", "-1", "--out", str(root / "new9"), *TRAIN],
@@ -425,3 +427,21 @@ def test_every_command_has_help_that_names_its_options(words, capsys):
     if words[0] in ("pretrain", "finetune", "train"):
         for flag in ("--steps", "--minutes", "--lr", "--out", "--resume", "--early-stopping", "--schedule"):
             assert flag in text, flag
+
+
+def test_eval_equals_an_independent_computation_on_the_validation_split(workspace, capsys):
+    from flaxen.runs import load_run
+
+    capsys.readouterr()
+    assert main(["eval", "--run", str(workspace["clf"])]) == 0
+    reported = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    run = load_run(workspace["clf"])
+    recorded = run.info["data"]
+    split = flaxen.data.text_classification(
+        workspace["table"], run.tokenizer, max_length=recorded["max_length"], seed=run.info["seed"]
+    ).validation.arrays
+    logits = np.asarray(run.model(jnp.asarray(split["token_ids"]), jnp.asarray(split["padding_mask"])), np.float64)
+    log_z = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+    nll = log_z - logits[np.arange(len(logits)), split["labels"]]
+    assert reported["loss"] == pytest.approx(nll.mean(), rel=1e-5)
+    assert reported["accuracy"] == pytest.approx(np.mean(logits.argmax(1) == split["labels"]))

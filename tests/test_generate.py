@@ -97,6 +97,8 @@ def test_generate_text_for_a_batch_of_prompts_keeps_each_prompt(model):
     assert out[0].startswith("ROMEO:") and out[1].startswith("A")
     single = generate(model, CharTokenizer(), "A", max_new_tokens=5, temperature=0)
     assert single == out[1]
+    new_ids = generate_ids(model, np.asarray([[ord("A")]], np.int32), max_new_tokens=5, temperature=0)[0]
+    assert out[1] == "A" + CharTokenizer().decode(new_ids.tolist())  # the prompt, then the greedy new tokens
 
 
 def test_bad_requests_are_refused(model):

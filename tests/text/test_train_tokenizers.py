@@ -185,3 +185,7 @@ def test_non_utf8_file_names_the_file_and_the_encoding_option(tmp_path):
         train_bpe([latin], vocab_size=300)
     tokenizer = train_bpe([latin], vocab_size=300, encoding="latin-1")
     assert tokenizer.decode(tokenizer.encode("très").ids) == "très"
+    # The file was read as the characters it holds: the merges learned from it spell "café" and "très" (read as
+    # bytes or as another code page, the file would hold other character sequences and these words stay split).
+    assert len(tokenizer.encode("le café est très bon").ids) <= 5
+    assert tokenizer.decode(tokenizer.encode(" café").ids) == " café"

@@ -60,30 +60,35 @@ def test_mlm_decoder_is_tied_to_the_word_embedding():
     assert not any("pooler" in p for p, _ in flat)
 
 
-def test_mlm_loss_scores_only_the_masked_slots():
-    mlm = model(BertForMaskedLM)
-    token_ids = random_ids((4, 20))
-    padding_mask = jnp.arange(20)[None, :] < jnp.array([[20], [12], [8], [20]])
-    token_ids = jnp.where(padding_mask, token_ids, CONFIG.pad_token_id)
-    loss, metrics = mlm.loss({"token_ids": token_ids, "padding_mask": padding_mask})
-    # Same key as the loss's evaluation masking: recompute the expected value from full-sequence logits.
-    from flaxen.core.mlm import mask_tokens
+def test_mlm_loss_is_the_cross_entropy_at_the_masked_slots_only(monkeypatch):
+    """With the masking fixed by hand (so nothing here comes from flaxen's masking code), the loss is the mean
+    negative log-likelihood of the original tokens at the weighted slots, computed from full-sequence logits."""
+    from flaxen.core.mlm import MaskedTokens
+    from flaxen.models.bert import modeling
 
-    special = jnp.isin(token_ids, jnp.asarray(CONFIG.special_token_ids)) | ~padding_mask
-    masked = mask_tokens(
-        token_ids,
-        special,
-        jax.random.key(0),
-        mask_token_id=CONFIG.mask_token_id,
-        vocab_size=CONFIG.vocab_size,
-        special_token_ids=CONFIG.special_token_ids,
+    mlm = model(BertForMaskedLM)
+    token_ids = np.asarray(random_ids((2, 12)))
+    padding_mask = np.arange(12)[None, :] < np.array([[12], [8]])
+    corrupted = token_ids.copy()
+    corrupted[0, [2, 7]] = CONFIG.mask_token_id  # row 0: two [MASK]s and one slot whose token is kept as it was
+    corrupted[1, 3] = 17  # row 1: one random replacement; its second slot is unused (weight 0)
+    fixed = MaskedTokens(
+        token_ids=jnp.asarray(corrupted),
+        positions=jnp.asarray([[2, 5, 7], [3, 0, 0]], jnp.int32),
+        labels=jnp.asarray([token_ids[0, [2, 5, 7]], [token_ids[1, 3], 0, 0]], jnp.int32),
+        weights=jnp.asarray([[1, 1, 1], [1, 0, 0]], jnp.float32),
     )
-    log_probs = jax.nn.log_softmax(mlm(masked.token_ids, padding_mask))
-    at_slots = jnp.take_along_axis(log_probs, masked.positions[..., None], axis=1)
-    nll = -jnp.take_along_axis(at_slots, masked.labels[..., None], axis=-1)[..., 0]
-    expected = (nll * masked.weights).sum() / masked.weights.sum()
-    np.testing.assert_allclose(loss, expected, rtol=1e-5)
-    assert float(masked.weights.sum()) > 0
+    monkeypatch.setattr(modeling, "mask_tokens", lambda *args, **kwargs: fixed)
+    loss, _ = mlm.loss({"token_ids": jnp.asarray(token_ids), "padding_mask": jnp.asarray(padding_mask)})
+
+    logits = np.asarray(mlm(jnp.asarray(corrupted), jnp.asarray(padding_mask)), np.float64)
+    slots = [(0, 2), (0, 5), (0, 7), (1, 3)]
+    nll = []
+    for row, position in slots:
+        row_logits = logits[row, position]
+        log_z = np.log(np.sum(np.exp(row_logits - row_logits.max()))) + row_logits.max()
+        nll.append(log_z - row_logits[token_ids[row, position]])
+    np.testing.assert_allclose(float(loss), np.mean(nll), rtol=1e-5)
 
 
 def test_mlm_loss_draws_new_masks_from_the_masking_stream():
