@@ -397,6 +397,16 @@ def test_lora_finetune_from_the_shell_trains_adapters_and_exports_a_plain_model(
     exported = flaxen.BertForSequenceClassification.from_pretrained(tmp_path / "hf")
     ids = jnp.asarray([[2, 5, 6, 3]])
     np.testing.assert_allclose(np.asarray(exported(ids)), np.asarray(run.model(ids)), atol=1e-5)
+    # transformers reads the converted run as a plain BERT classifier: every tensor in place, the same logits.
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    hf_model, info = transformers.BertForSequenceClassification.from_pretrained(
+        tmp_path / "hf", output_loading_info=True
+    )
+    assert not any(info.values()), info
+    with torch.no_grad():
+        hf_logits = hf_model.eval()(torch.tensor([[2, 5, 6, 3]])).logits.numpy()
+    np.testing.assert_allclose(hf_logits, np.asarray(run.model(ids)), atol=1e-4)
     # Resuming it without --lora (or with another rank) would restore the wrong state: refused, nothing touched.
     before = snapshot(out)
     for flags in ([], ["--lora", "4"]):

@@ -327,3 +327,9 @@ def test_every_metrics_record_is_also_a_tensorboard_scalar(tmp_path):
     assert {"train/learning_rate", "train/grad_norm", "train/items_per_sec"} <= set(scalars)
     make_trainer(toy_model(), tmp_path / "off", tensorboard=False).fit(toy_data(), steps=5)
     assert not list((tmp_path / "off").glob("events.out.tfevents.*"))
+
+
+def test_the_progress_bar_counts_steps_and_shows_the_loss(tmp_path, capsys):
+    make_trainer(toy_model(), tmp_path, progress=True).fit(toy_data(), steps=20)
+    bar = capsys.readouterr().err
+    assert "20/20" in bar and "loss=" in bar and "ex/s" in bar
