@@ -32,6 +32,7 @@ BERT_CONFIG = {
     "intermediate_size": 64,
     "max_position_embeddings": 16,
 }
+GPT2_CONFIG = {"vocab_size": VOCAB_SIZE, "n_embd": 32, "n_layer": 2, "n_head": 4, "n_inner": 64, "n_positions": 16}
 VIT_CONFIG = {
     "image_size": 8,
     "patch_size": 4,
@@ -89,32 +90,14 @@ CASES = {
     "gpt2-lm": Case(
         "GPT2LMHeadModel",
         "GPT2Config",
-        {
-            "vocab_size": VOCAB_SIZE,
-            "n_embd": 32,
-            "n_layer": 2,
-            "n_head": 4,
-            "n_inner": 64,
-            "n_positions": 16,
-            "bos_token_id": VOCAB_SIZE - 1,
-            "eos_token_id": VOCAB_SIZE - 1,
-        },
+        GPT2_CONFIG | {"bos_token_id": VOCAB_SIZE - 1, "eos_token_id": VOCAB_SIZE - 1},
         GPTForCausalLM,
         text_inputs(token_types=False),
     ),
     "gpt2-classifier": Case(
         "GPT2ForSequenceClassification",
         "GPT2Config",
-        {
-            "vocab_size": VOCAB_SIZE,
-            "n_embd": 32,
-            "n_layer": 2,
-            "n_head": 4,
-            "n_inner": 64,
-            "n_positions": 16,
-            "num_labels": 3,
-            "pad_token_id": GPT2_PAD,
-        },
+        GPT2_CONFIG | {"num_labels": 3, "pad_token_id": GPT2_PAD},
         GPTForSequenceClassification,
         gpt2_classifier_inputs(),
     ),

@@ -63,29 +63,23 @@ def lora_run(tmp_path_factory):
     splits = token_splits(model.config)
     base = nnx.state(tiny_classifier(), nnx.Param)
     lora.add_lora(model, RANK, rngs=nnx.Rngs(1))
-    trainer = Trainer(
-        model,
-        adamw(1e-2, warmup=2, total=30),
-        out / "lora",
-        batch_size=16,
-        eval_every=15,
-        progress=False,
-        tensorboard=False,
-        trainable=lora.trainable(model),
-        best_metric="accuracy",
-    )
-    final = trainer.fit(splits, 30)
-    full = tiny_classifier()
-    Trainer(
-        full,
-        adamw(1e-2, warmup=2, total=30),
-        out / "full",
-        batch_size=16,
-        eval_every=15,
-        progress=False,
-        tensorboard=False,
-    ).fit(splits, 30)
-    return {"out": out, "model": model, "splits": splits, "base": base, "final": final, "trainer": trainer}
+
+    def trainer(model, folder, **settings):
+        return Trainer(
+            model,
+            adamw(1e-2, warmup=2, total=30),
+            out / folder,
+            batch_size=16,
+            eval_every=15,
+            progress=False,
+            tensorboard=False,
+            **settings,
+        )
+
+    adapted = trainer(model, "lora", trainable=lora.trainable(model), best_metric="accuracy")
+    final = adapted.fit(splits, 30)
+    trainer(tiny_classifier(), "full").fit(splits, 30)
+    return {"out": out, "model": model, "splits": splits, "base": base, "final": final, "trainer": adapted}
 
 
 def test_only_adapters_and_head_train_and_frozen_weights_stay_bit_identical(lora_run):
