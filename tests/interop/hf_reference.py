@@ -22,7 +22,7 @@ from flaxen import (
 )
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
-TOLERANCE = 1e-4
+TOLERANCE = 2e-6  # the README's parity claim; the largest error seen in these cases is 1.2e-6
 VOCAB_SIZE = 99
 BERT_CONFIG = {
     "vocab_size": VOCAB_SIZE,
