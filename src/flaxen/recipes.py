@@ -627,7 +627,7 @@ def _fit(
     run_info = run_info | {
         "seed": options["seed"],
         "budget": options["budget"] | plan,
-        "training": {name: options[name] for name in TRAINING_SETTINGS},
+        "training": {name: options[name] for name in TRAINING_SETTINGS} | {"mesh": dict(options["mesh"].shape)},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     # run.json marks the folder as a flaxen run, so a run killed at any later moment can be resumed (and a resumed
