@@ -71,6 +71,17 @@ def lora_rank(model: nnx.Module) -> int | None:
     return None
 
 
+def adapted_layers(model: nnx.Module) -> list[str]:
+    """The attribute names of the layers the model's adapters wrap (e.g. ["fc_in", "fc_out", "out", "qkv"])."""
+    names = {
+        name
+        for _, module in nnx.iter_modules(model)
+        for name, child in vars(module).items()
+        if isinstance(child, nnx.LoRA)
+    }
+    return sorted(names)
+
+
 def trainable(model: nnx.Module) -> nnx.filterlib.Filter:
     """The Trainer filter for a LoRA finetune: the adapters, and the parameters of any task head (HEADS)."""
     del model  # the same filter serves every model; the argument keeps call sites explicit about what they filter

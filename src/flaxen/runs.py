@@ -70,7 +70,7 @@ def write_run_files(model: nnx.Module, folder: Path, run_info: dict[str, Any] | 
     """
     run = {"model_class": type(model).__name__, **(run_info or {})}
     if lora.has_lora(model):
-        run["lora"] = {"rank": lora.lora_rank(model)}
+        run["lora"] = {"rank": lora.lora_rank(model), "layers": lora.adapted_layers(model)}
     write_atomically(folder / RUN_FILE, json.dumps(run, indent=2) + "\n")
     write_atomically(folder / CONFIG_FILE, model.config.to_json() + "\n")
 
@@ -124,18 +124,21 @@ def load_checkpoint(model: nnx.Module, folder: str | Path, step: int | None = No
     if not (folder / CHECKPOINT_DIR).is_dir():
         raise FileNotFoundError(f"{folder} has no {CHECKPOINT_DIR}/ folder; is it a flaxen run folder?")
     best_metric = read_run_file(folder).get("best_metric", "loss") if is_run_folder(folder) else "loss"
-    frozen = _load_frozen_parameters(model, folder / FROZEN_FILE) if (folder / FROZEN_FILE).is_file() else set()
+    frozen = load_frozen_parameters(model, folder / FROZEN_FILE) if (folder / FROZEN_FILE).is_file() else set()
     return restore_model_weights(model, folder / CHECKPOINT_DIR, step, best_metric=best_metric, without=frozen)
 
 
-def _load_frozen_parameters(model: nnx.Module, file: Path) -> set[str]:
+def load_frozen_parameters(model: nnx.Module, file: Path) -> set[str]:
     """Fill `model` with the parameters a run did not train (its frozen.safetensors); their names."""
     with safe_open(file, framework="flax") as reader:
         names = set(reader.keys())
         variables = {dotted(path): variable for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param))}
         missing = names - variables.keys()
         if missing:
-            raise ValueError(f"{file} holds parameters the model lacks ({', '.join(sorted(missing)[:3])}, ...)")
+            raise ValueError(
+                f"{file} holds parameters the model lacks ({', '.join(sorted(missing)[:3])}, ...); a LoRA run's model "
+                "needs its adapters first (flaxen.lora.add_lora with the run.json's lora rank and layers)"
+            )
         for name in names:
             variables[name].set_value(reader.get_tensor(name))
     return names
@@ -156,7 +159,7 @@ def load_run(folder: str | Path, *, step: int | None = None) -> Run:
         config = config.replace(label_names=names)  # runs before 0.2 kept their label names in run.json only
     model = nnx.eval_shape(lambda: model_class(config, rngs=nnx.Rngs(0)))
     if info.get("lora"):  # adapters as trained, merged once loaded: predictions run on a plain model
-        lora.add_lora(model, info["lora"]["rank"], rngs=nnx.Rngs(0))
+        lora.add_lora(model, info["lora"]["rank"], rngs=nnx.Rngs(0), layers=info["lora"].get("layers"))
     loaded_step = load_checkpoint(model, folder, step)
     lora.merge_lora(model)
     model.eval()

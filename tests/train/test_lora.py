@@ -139,8 +139,33 @@ def test_merged_model_equals_the_adapted_one(lora_run, tmp_path):
 def test_load_run_rebuilds_the_best_checkpoint_merged(lora_run):
     folder = lora_run["out"] / "lora"
     info = json.loads((folder / "run.json").read_text())
-    assert info["lora"] == {"rank": RANK}
+    assert info["lora"] == {"rank": RANK, "layers": ["fc_in", "fc_out", "out", "qkv"]}
     run = load_run(folder)
     assert not lora.has_lora(run.model)
     restored = flaxen.train.load_checkpoint(lora.add_lora(tiny_classifier(seed=5), RANK, rngs=nnx.Rngs(9)), folder)
     assert restored == run.step and run.step in (15, 30)  # the best of the two evaluated checkpoints
+
+
+def test_a_resume_trains_against_the_runs_frozen_weights_and_an_overwrite_drops_them(lora_run, tmp_path):
+    import shutil
+
+    folder = tmp_path / "run"
+    shutil.copytree(lora_run["out"] / "lora", folder)
+    other = lora.add_lora(tiny_classifier(seed=5), RANK, rngs=nnx.Rngs(9))  # another base than the run's
+    settings = dict(batch_size=16, eval_every=15, progress=False, tensorboard=False, trainable=lora.trainable(other))
+    Trainer(other, adamw(1e-2, warmup=2, total=32), folder, **settings).fit(lora_run["splits"], 32, resume=True)
+    base = dict(nnx.to_flat_state(lora_run["base"]))
+    kernel = ("bert", "stack", "blocks", 0, "attention", "qkv", "kernel")
+    resumed = other.bert.stack.blocks[0].attention.qkv.base_module.kernel[...]
+    np.testing.assert_array_equal(np.asarray(resumed), np.asarray(base[kernel][...]))
+    plain = tiny_classifier()
+    Trainer(plain, adamw(1e-2, warmup=1, total=2), folder, batch_size=16, progress=False, tensorboard=False).fit(
+        lora_run["splits"], 2, overwrite=True
+    )
+    assert not (folder / FROZEN_FILE).exists()
+    assert not lora.has_lora(load_run(folder).model)
+
+
+def test_adapters_on_chosen_layers_are_recorded_by_name():
+    model = lora.add_lora(tiny_classifier(), 2, rngs=nnx.Rngs(1), layers=("qkv", "fc_out"))
+    assert lora.adapted_layers(model) == ["fc_out", "qkv"]

@@ -35,10 +35,12 @@ from flaxen.core.rng import as_rngs
 from flaxen.hf import CONFIG_FILE
 from flaxen.runs import (
     CHECKPOINT_DIR,
+    FROZEN_FILE,
     METRICS_FILE,
     PLOT_FILE,
     RUN_FILE,
     check_resumable,
+    load_frozen_parameters,
     write_atomically,
     write_frozen_parameters,
     write_run_files,
@@ -282,6 +284,9 @@ class Trainer:
                 )
             for step in manager.all_steps():
                 manager.delete(step)
+        if resume and latest is not None and (self.out_dir / FROZEN_FILE).is_file():
+            # What the run froze is what it trained against, whatever model this resume was handed.
+            load_frozen_parameters(self.model, self.out_dir / FROZEN_FILE)
         params, non_params = self._placed_model_state()
         opt_state = jax.jit(self.optimizer.init, out_shardings=self._state_sharding.opt_state)(params)
         state = _TrainState(params, opt_state, non_params)
@@ -301,6 +306,8 @@ class Trainer:
         frozen = nnx.state(self.model, nnx.All(nnx.Param, nnx.Not(self.trainable)))
         if jax.tree.leaves(frozen):
             write_frozen_parameters(frozen, self.out_dir)
+        else:  # an overwritten run's frozen weights must not be read as this one's
+            (self.out_dir / FROZEN_FILE).unlink(missing_ok=True)
         self._save_tokenizer()
         metrics_path.write_text("")
         return state, _RunPosition(0, self.seed, 0.0)
