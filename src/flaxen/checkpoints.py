@@ -12,6 +12,8 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
+from flaxen.hf.table import dotted
+
 # The validation metrics a run may keep its best checkpoint by, and whether the best is the lowest or the highest.
 BEST_METRICS = {"loss": "min", "accuracy": "max"}
 
@@ -127,11 +129,7 @@ def restore_model_weights(
                 f"no checkpoint {'' if step is None else step} in {directory}; saved steps: {manager.all_steps()}"
             )
         saved = nnx.from_flat_state(
-            [
-                (path, value)
-                for path, value in nnx.to_flat_state(nnx.state(model))
-                if ".".join(map(str, path)) not in without
-            ]
+            [(path, value) for path, value in nnx.to_flat_state(nnx.state(model)) if dotted(path) not in without]
         )
         restored = manager.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore(_abstract(saved))))
     nnx.update(model, restored.model)

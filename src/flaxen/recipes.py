@@ -261,16 +261,15 @@ def finetune_bert(
     flaxen.data.check_num_labels(splits, num_labels)
     labelled = {"num_labels": num_labels, "label_names": tuple(splits.info["label_names"])}
     model = _classifier_from(start_from, tokenizer, preset, labelled, max_length, options["seed"], config_overrides)
-    trainable = nnx.Param
-    if lora is not None:
-        recorded = (read_run_file(out_dir).get("lora") or {}).get("rank") if resume and is_run_folder(out_dir) else lora
+    if resume and is_run_folder(out_dir):
+        recorded = (read_run_file(out_dir).get("lora") or {}).get("rank")
         if recorded != lora:
             given = f"with --lora {recorded}" if recorded else "without --lora"
             raise ValueError(f"{out_dir} was trained {given}; resume it the same way")
+    trainable = nnx.Param
+    if lora is not None:
         flaxen.lora.add_lora(model, lora, rngs=nnx.Rngs(options["seed"] + 1))
         trainable = flaxen.lora.trainable(model)
-    elif resume and is_run_folder(out_dir) and read_run_file(out_dir).get("lora"):
-        raise ValueError(f"{out_dir} was trained with --lora {read_run_file(out_dir)['lora']['rank']}; resume it so")
     recorded = columns | {
         "table": str(table),
         "labels": list(columns["labels"] or []) or None,

@@ -293,7 +293,7 @@ class Trainer:
         if resume and latest is not None:
             # The placed state is the template: orbax reads each array straight into its sharding on this mesh,
             # whatever mesh saved it.
-            frozen, others = nnx.split_state(non_params, nnx.Param, ...)
+            frozen, others = _split_frozen(non_params)
             model_state, state.opt_state, progress = restore_checkpoint(
                 manager, latest, nnx.merge_state(params, others), opt_state
             )
@@ -303,7 +303,7 @@ class Trainer:
             self._save_tokenizer()
             return state, _RunPosition(latest, progress["seed"], progress["elapsed"])
         write_run_files(self.model, self.out_dir, (self.run_info or {}) | {"best_metric": self.best_metric})
-        frozen = nnx.state(self.model, nnx.All(nnx.Param, nnx.Not(self.trainable)))
+        frozen, _ = _split_frozen(non_params)
         if jax.tree.leaves(frozen):
             write_frozen_parameters(frozen, self.out_dir)
         else:  # an overwritten run's frozen weights must not be read as this one's
@@ -413,7 +413,7 @@ class Trainer:
                     save_checkpoint(
                         manager,
                         done,
-                        nnx.merge_state(state.params, nnx.filter_state(state.non_params, nnx.Not(nnx.Param))),
+                        nnx.merge_state(state.params, _split_frozen(state.non_params)[1]),
                         state.opt_state,
                         seed=start.seed,
                         elapsed=elapsed(),
@@ -523,6 +523,11 @@ def _run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
     return jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
 
 
+def _split_frozen(non_params: nnx.State) -> tuple[nnx.State, nnx.State]:
+    """(frozen parameters, other variables) of the state the step carries untrained; checkpoints hold the second."""
+    return nnx.split_state(non_params, nnx.Param, ...)
+
+
 @contextlib.contextmanager
 def _layers_computing_in(model: nnx.Module, dtype) -> Iterator[None]:
     """Every layer's compute `dtype` set to `dtype` (None: left alone) while the step's graph is taken, then put
@@ -531,9 +536,8 @@ def _layers_computing_in(model: nnx.Module, dtype) -> Iterator[None]:
     changed = []
     if dtype is not None:
         for _, module in nnx.iter_modules(model):
-            current = getattr(module, "dtype", False)
-            if current is None or (current is not False and jnp.issubdtype(current, jnp.floating)):
-                changed.append((module, current))
+            if hasattr(module, "dtype") and (module.dtype is None or jnp.issubdtype(module.dtype, jnp.floating)):
+                changed.append((module, module.dtype))
                 module.dtype = dtype
     try:
         yield
