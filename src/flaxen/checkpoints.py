@@ -74,8 +74,10 @@ def save_checkpoint(
     seed: int,
     elapsed: float,
     validation: dict[str, float] | None = None,
+    data: dict[str, Any] | None = None,
 ) -> None:
-    """Start an async save of the model state, optimizer state and the run position (seed, step, elapsed seconds).
+    """Start an async save of the model state, optimizer state and the run position (seed, step, elapsed seconds,
+    and `data`, the state of the training batches' iterator when it has one).
 
     `validation` holds the metrics of an evaluation at this step (loss, accuracy, ...), which rank it for "best".
     """
@@ -84,7 +86,9 @@ def save_checkpoint(
         args=ocp.args.Composite(
             model=ocp.args.StandardSave(model_state),
             opt_state=ocp.args.StandardSave(opt_state),
-            progress=ocp.args.JsonSave({"step": step, "seed": seed, "elapsed": elapsed}),
+            progress=ocp.args.JsonSave(
+                {"step": step, "seed": seed, "elapsed": elapsed} | ({"data": data} if data is not None else {})
+            ),
         ),
         # Always a dict: orbax warns on every save without metrics once best_fn is set.
         metrics={f"validation_{name}": value for name, value in (validation or {}).items()},

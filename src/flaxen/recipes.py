@@ -12,16 +12,18 @@ import inspect
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jax
-import numpy as np
 from flax import nnx
+from tokenizers import Tokenizer
 
 import flaxen
+from flaxen import distributed
 from flaxen import text as ftext
+from flaxen.data.text import wrap_rows
 from flaxen.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification
 from flaxen.models.gpt import GPTConfig, GPTForCausalLM
 from flaxen.models.vit import ViTConfig, ViTForImageClassification
@@ -145,20 +147,30 @@ def pretrain_gpt(
     **options,
 ) -> dict[str, Any]:
     """Train a byte-level BPE on `files` (default: Shakespeare's plays) or reuse the run's, pack blocks, and
-    pretrain GPTForCausalLM."""
+    pretrain GPTForCausalLM.
+
+    `files` may instead be one token folder written by `flaxen tokenize` (`flaxen.data.tokenize_to_shards`): its
+    tokenizer is used and its blocks are read from disk as batches need them, for corpora larger than memory.
+    """
     options = training_options(**options)
-    files = [str(path) for path in (files or flaxen.data.shakespeare_files())]
+    files, shards = _text_source(files)
     out_dir = check_out_dir(out_dir, GPTForCausalLM, resume=resume, overwrite=overwrite)
     tokenizer = _tokenizer_for(
-        out_dir, resume, lambda: ftext.train_bpe(files, vocab_size=vocab_size, encoding=encoding)
+        out_dir,
+        resume,
+        lambda: shards.tokenizer if shards else ftext.train_bpe(files, vocab_size=vocab_size, encoding=encoding),
     )
     config = GPTConfig.from_preset(preset, vocab_size=tokenizer.get_vocab_size(), **(config_overrides or {}))
     if context_length is not None:
         config = config.replace(context_length=context_length)
     # One token more than the context: the model reads T tokens and predicts each next one.
-    splits = flaxen.data.text_blocks(files, tokenizer, config.context_length + 1, encoding=encoding)
+    if shards:
+        splits = shards.blocks(config.context_length + 1)
+    else:
+        splits = flaxen.data.text_blocks(files, tokenizer, config.context_length + 1, encoding=encoding)
     model = GPTForCausalLM(config, rngs=nnx.Rngs(options["seed"]))
-    run_info = {RECIPE_KEY: "pretrain-gpt", "data": {"files": files, "encoding": encoding}, **splits.info}
+    recorded = {"tokens": str(shards.folder)} if shards else {"files": files, "encoding": encoding}
+    run_info = {RECIPE_KEY: "pretrain-gpt", "data": recorded, **splits.info}
     return _fit(model, splits, out_dir, tokenizer, options, run_info, resume=resume, overwrite=overwrite)
 
 
@@ -176,22 +188,22 @@ def pretrain_bert(
     **options,
 ) -> dict[str, Any]:
     """Train a WordPiece on `files` (default: Shakespeare's plays) or reuse the run's, and pretrain
-    BertForMaskedLM on [CLS] block [SEP] rows."""
+    BertForMaskedLM on [CLS] block [SEP] rows. `files` may instead be a token folder, as for `pretrain_gpt`
+    (tokenized with a WordPiece)."""
     options = training_options(**options)
-    files = [str(path) for path in (files or flaxen.data.shakespeare_files())]
+    files, shards = _text_source(files)
     out_dir = check_out_dir(out_dir, BertForMaskedLM, resume=resume, overwrite=overwrite)
     tokenizer = _tokenizer_for(
-        out_dir, resume, lambda: ftext.train_wordpiece(files, vocab_size=vocab_size, encoding=encoding)
+        out_dir,
+        resume,
+        lambda: shards.tokenizer if shards else ftext.train_wordpiece(files, vocab_size=vocab_size, encoding=encoding),
     )
-    splits = mlm_blocks(files, tokenizer, max_length, encoding=encoding)
+    splits = mlm_blocks(shards or files, tokenizer, max_length, encoding=encoding)
     config = BertConfig.from_preset(preset, **_bert_token_fields(tokenizer), **(config_overrides or {}))
     config = config.replace(max_positions=max(config.max_positions, max_length))
     model = BertForMaskedLM(config, rngs=nnx.Rngs(options["seed"]))
-    run_info = {
-        RECIPE_KEY: "pretrain-bert",
-        "data": {"files": files, "encoding": encoding, "max_length": max_length},
-        **splits.info,
-    }
+    recorded = {"tokens": str(shards.folder)} if shards else {"files": files, "encoding": encoding}
+    run_info = {RECIPE_KEY: "pretrain-bert", "data": recorded | {"max_length": max_length}, **splits.info}
     return _fit(model, splits, out_dir, tokenizer, options, run_info, resume=resume, overwrite=overwrite)
 
 
@@ -298,6 +310,68 @@ def finetune_bert(
     )
 
 
+TOKENIZER_SAMPLE_BYTES = 200_000_000  # a larger corpus trains its tokenizer on about this much of its start
+
+
+def tokenize(
+    files: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    tokenizer: str | Path | None = None,
+    kind: str = "bpe",
+    vocab_size: int | None = None,
+    encoding: str = "utf-8",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Tokenize text files into a token folder for `pretrain_gpt`/`pretrain_bert` (`flaxen tokenize`).
+
+    The tokenizer is `tokenizer` (a tokenizer.json, a run folder or a Hugging Face folder), else a new byte-level
+    BPE (`kind="bpe"`, for GPT) or WordPiece (`kind="wordpiece"`, for BERT) of `vocab_size` (default: the recipes',
+    4096 and 8192) trained on the files as `pretrain` trains it, except that a corpus above TOKENIZER_SAMPLE_BYTES
+    trains it on about its first TOKENIZER_SAMPLE_BYTES (`pretrain` on text files trains on all of them).
+    """
+    if kind not in ("bpe", "wordpiece"):
+        raise ValueError(f"--kind must be bpe (GPT) or wordpiece (BERT), got {kind!r}")
+    paths, _ = flaxen.data.shards.check_tokenize_inputs(files, out_dir)  # before training a tokenizer
+    if tokenizer is not None:
+        loaded = ftext.load_tokenizer(tokenizer)
+    else:
+        train = ftext.train_bpe if kind == "bpe" else ftext.train_wordpiece
+        size = vocab_size or RECIPES["pretrain-gpt" if kind == "bpe" else "pretrain-bert"].default("vocab_size")
+        loaded = train(_tokenizer_sample(paths, encoding), vocab_size=size, encoding=encoding)
+    start = time.perf_counter()
+    meta = flaxen.data.tokenize_to_shards(paths, loaded, out_dir, encoding=encoding, progress=progress)
+    seconds = time.perf_counter() - start
+    megabytes = sum(path.stat().st_size for path in paths) / 1e6
+    return {
+        "tokens": str(out_dir),
+        "num_tokens": meta["num_tokens"],
+        "num_documents": meta["num_documents"],
+        "dtype": meta["dtype"],
+        "vocab_size": meta["vocab_size"],
+        "seconds": seconds,
+        "megabytes_per_second": megabytes / seconds,
+    }
+
+
+def _tokenizer_sample(paths: list[Path], encoding: str) -> list[Path] | Iterator[str]:
+    """The files themselves when the corpus is small, else about its first TOKENIZER_SAMPLE_BYTES (counted in
+    characters) in pieces."""
+    if sum(path.stat().st_size for path in paths) <= TOKENIZER_SAMPLE_BYTES:
+        return paths
+
+    def pieces() -> Iterator[str]:
+        remaining = TOKENIZER_SAMPLE_BYTES
+        for path in paths:
+            for piece in ftext.text_pieces(path, encoding):
+                yield piece
+                remaining -= len(piece)
+                if remaining <= 0:
+                    return
+
+    return pieces()
+
+
 PRETRAINED_LEARNING_RATE = 5e-5  # BERT finetuning's usual range is 2e-5 to 5e-5; small encoders take its top
 LORA_LEARNING_RATE = 1e-3  # adapters start at zero and have no α/r scaling here, so they want a higher rate
 
@@ -392,6 +466,8 @@ def train_vit(
 
 def _gpt_validation_data(run: Run) -> DataSplits:
     recorded = run.info["data"]
+    if "tokens" in recorded:
+        return flaxen.data.TokenShards(recorded["tokens"]).blocks(run.info["block_size"])
     return flaxen.data.text_blocks(
         recorded["files"], run.tokenizer, run.info["block_size"], encoding=recorded["encoding"]
     )
@@ -399,7 +475,21 @@ def _gpt_validation_data(run: Run) -> DataSplits:
 
 def _bert_mlm_validation_data(run: Run) -> DataSplits:
     recorded = run.info["data"]
-    return mlm_blocks(recorded["files"], run.tokenizer, recorded["max_length"], encoding=recorded["encoding"])
+    source = flaxen.data.TokenShards(recorded["tokens"]) if "tokens" in recorded else recorded["files"]
+    return mlm_blocks(source, run.tokenizer, recorded["max_length"], encoding=recorded.get("encoding", "utf-8"))
+
+
+def _text_source(files: Sequence[str | Path] | None) -> tuple[list[str], flaxen.data.TokenShards | None]:
+    """(text files, None), or ([], the token folder) when `files` is one folder written by `flaxen tokenize`;
+    no files means Shakespeare's plays."""
+    if files and len(files) == 1 and Path(files[0]).is_dir():
+        if not flaxen.data.is_token_folder(files[0]):
+            raise ValueError(
+                f"--data {files[0]} is a folder but not a token folder; give text files, or tokenize them first "
+                "with flaxen tokenize"
+            )
+        return [], flaxen.data.TokenShards(files[0])
+    return [str(path) for path in (files or flaxen.data.shakespeare_files())], None
 
 
 def _classification_validation_data(run: Run) -> DataSplits:
@@ -534,22 +624,25 @@ def evaluate_run(run_dir: str | Path, *, batch_size: int = 64) -> dict[str, Any]
 
 
 def mlm_blocks(files, tokenizer, max_length: int, *, encoding: str = "utf-8") -> DataSplits:
-    """[CLS] block [SEP] rows of exactly `max_length` tokens for MLM pretraining (documents end with [SEP])."""
+    """[CLS] block [SEP] rows of exactly `max_length` tokens for MLM pretraining (documents end with [SEP]);
+    `files` may be a `TokenShards` folder instead, whose rows are then read from disk."""
+    if isinstance(files, flaxen.data.TokenShards) and files.meta["eos_token"] != "[SEP]":
+        raise ValueError(
+            f"{files.folder} ends its documents with {files.meta['eos_token']!r}, not [SEP]: it was not tokenized "
+            "with a WordPiece; tokenize with --kind wordpiece for BERT"
+        )
     ids = ftext.special_token_ids(tokenizer)
     if "cls" not in ids or "sep" not in ids:
         raise ValueError("MLM pretraining needs a WordPiece tokenizer with [CLS] and [SEP]")
+    if isinstance(files, flaxen.data.TokenShards):
+        splits = files.blocks(max_length - 2, prefix=[ids["cls"]], suffix=[ids["sep"]])
+        return flaxen.data.DataSplits(splits.train, splits.validation, splits.info | {"max_length": max_length})
     splits = flaxen.data.text_blocks(files, tokenizer, max_length - 2, eos_token="[SEP]", encoding=encoding)
 
     def wrap(split: flaxen.data.ArrayDataset | None) -> flaxen.data.ArrayDataset | None:
         if split is None:
             return None
-        blocks = split["token_ids"]
-
-        def column(token):
-            return np.full((len(blocks), 1), ids[token], np.int32)
-
-        token_ids = np.concatenate([column("cls"), blocks, column("sep")], axis=1)
-        return flaxen.data.ArrayDataset({"token_ids": token_ids, "padding_mask": np.ones_like(token_ids, bool)})
+        return flaxen.data.ArrayDataset(wrap_rows(split["token_ids"], [ids["cls"]], [ids["sep"]]))
 
     return flaxen.data.DataSplits(wrap(splits.train), wrap(splits.validation), splits.info | {"max_length": max_length})
 
@@ -613,6 +706,7 @@ def _fit(
 ):
     """Everything is checked; now write the run folder and train."""
     budget_start = time.perf_counter()
+    distributed.barrier("flaxen-recipe-checked")  # every process has checked --out before process 0 writes to it
     plan = _budget_plan(model, splits, out_dir, options, resume=resume, augment=augment, trainable=trainable)
     steps, evaluations = plan["steps"], plan.get("evaluations", EVALUATIONS)
     options = options | {
@@ -711,11 +805,17 @@ def _budget_plan(
         model, out_dir, options | {"steps": 2, "warmup": 1, "eval_every": 1}, augment=augment, trainable=trainable
     )
     first_step, step = probe.time_steps(splits.train, seconds=PROBE_SHARE * amount * 60)
+    first_batch, batch_seconds = probe.time_evaluation(splits.validation) if splits.validation else (0.0, 0.0)
+    # Each process timed its own steps; all plan from process 0's timings, so they run the same steps.
+    timings = distributed.agree(
+        {"first_step": first_step, "step": step, "first_batch": first_batch, "batch": batch_seconds}
+        | {"probing": time.perf_counter() - start}
+    )
+    first_step, step, batch_seconds = timings["first_step"], timings["step"], timings["batch"]
     plan = {}
     evaluation_seconds = 0.0
     if splits.validation is not None:
-        first_batch, batch_seconds = probe.time_evaluation(splits.validation)
-        first_step += first_batch - batch_seconds  # the run compiles its evaluation step again too
+        first_step += timings["first_batch"] - batch_seconds  # the run compiles its evaluation step again too
         affordable = EVALUATION_SHARE * amount * 60
         batches = math.ceil(len(splits.validation) / options["batch_size"])
         if batches * batch_seconds > affordable / 2:  # two passes at least: one midway, the final one
@@ -723,7 +823,7 @@ def _budget_plan(
         pass_seconds = batches * batch_seconds
         plan["evaluations"] = max(1, min(EVALUATIONS, int(affordable / pass_seconds) - 1))
         evaluation_seconds = (plan["evaluations"] + 1) * pass_seconds
-    remaining = amount * 60 - (time.perf_counter() - start) - first_step - evaluation_seconds
+    remaining = amount * 60 - timings["probing"] - first_step - evaluation_seconds
     steps = int(remaining / step)
     if steps < 2:
         raise ValueError(
@@ -734,9 +834,12 @@ def _budget_plan(
 
 
 def _tokenizer_for(out_dir: Path, resume: bool, make):
+    """The run's tokenizer when resuming, else `make()`'s: made by process 0 alone in a multi-process run."""
     if resume and (out_dir / TOKENIZER_FILE).exists():
         return ftext.load_tokenizer(out_dir / TOKENIZER_FILE)
-    return make()
+    if jax.process_count() == 1:
+        return make()
+    return Tokenizer.from_str(distributed.from_main_process(lambda: make().to_str()))
 
 
 def _bert_token_fields(tokenizer) -> dict[str, Any]:

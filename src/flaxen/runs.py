@@ -24,8 +24,9 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from flaxen import lora
-from flaxen.hf import CONFIG_FILE, WEIGHTS_FILE, save_flaxen_weights
-from flaxen.hf.save import named_arrays
+from flaxen.distributed import is_main_process
+from flaxen.hf import CONFIG_FILE, WEIGHTS_FILE
+from flaxen.hf.save import flaxen_params, named_arrays, write_flaxen_weights
 from flaxen.hf.table import dotted
 from flaxen.models import CONFIG_CLASSES, model_class_named
 from flaxen.text.tokenizer import TOKENIZER_FILE, load_tokenizer
@@ -53,8 +54,11 @@ class Run(NamedTuple):
 def write_atomically(path: Path, content: str | Callable[[Path], Any]) -> None:
     """Replace `path` by `content` in one step: a crash leaves the old file or the new one, never half of it.
 
-    `content` is text, or a function that writes the file at the path it is given.
+    `content` is text, or a function that writes the file at the path it is given. In a multi-process run only the
+    main process writes (the others return at once), so `content` must not need the other processes.
     """
+    if not is_main_process():
+        return
     partial = path.with_name(path.name + PARTIAL_SUFFIX)
     if callable(content):
         content(partial)
@@ -78,13 +82,15 @@ def write_run_files(model: nnx.Module, folder: Path, run_info: dict[str, Any] | 
 def write_weights(model: nnx.Module, folder: Path) -> Path:
     """The model's parameters under flaxen's names in model.safetensors:
     with config.json, a `from_pretrained` folder."""
-    write_atomically(folder / WEIGHTS_FILE, lambda partial: save_flaxen_weights(model, partial))
+    params = flaxen_params(model)  # every process takes part in gathering them
+    write_atomically(folder / WEIGHTS_FILE, lambda partial: write_flaxen_weights(params, partial))
     return folder / WEIGHTS_FILE
 
 
 def write_frozen_parameters(frozen: nnx.State, folder: Path) -> None:
     """The parameters a run does not train, under flaxen's names in frozen.safetensors (its checkpoints omit them)."""
-    write_atomically(folder / FROZEN_FILE, lambda partial: save_file(named_arrays(frozen), partial))
+    arrays = named_arrays(frozen)
+    write_atomically(folder / FROZEN_FILE, lambda partial: save_file(arrays, partial))
 
 
 # ------------------------------------------------------------------------------------------------- reading

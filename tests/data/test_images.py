@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flaxen.data import augment_images, image_classification, image_folder, normalize_images
+from flaxen.data import ArrayDataset, augment_images, image_classification, image_folder, normalize_images
+from flaxen.data import images as images_module
+from flaxen.data.images import ImageFiles
 
 
 def labelled_images(num_images=40, shape=(6, 5), channels=None):
@@ -108,6 +110,7 @@ def test_image_folder_errors(tmp_path):
     with pytest.raises(ValueError, match="class folder .*cat has no images"):
         image_folder(tmp_path / "flat")
     (tmp_path / "flat" / "cat" / "broken.png").write_bytes(b"not a png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "flat" / "dog" / "fine.png")
     with pytest.raises(ValueError, match="cannot read image .*broken.png"):
         image_folder(tmp_path / "flat")
 
@@ -156,3 +159,53 @@ def test_augmentation_is_identity_without_padding_or_flip_and_jits():
     inside_a_step = jax.jit(lambda images, key: augment_images(images, key) * 2.0)
     expected = augment_images(images, jax.random.key(5)) * 2.0
     np.testing.assert_array_equal(inside_a_step(images, jax.random.key(5)), expected)
+
+
+@pytest.fixture
+def varied_folder(tmp_path):
+    """Three classes of 9 random RGB images: statistics and batches that a mix-up of rows would change."""
+    rng = np.random.default_rng(0)
+    for name in ("ant", "bee", "cow"):
+        (tmp_path / "pics" / name).mkdir(parents=True)
+        for index in range(9):
+            Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).save(
+                tmp_path / "pics" / name / f"{index}.png"
+            )
+    return tmp_path / "pics"
+
+
+def test_a_lazily_read_folder_gives_the_decoded_paths_splits_statistics_and_batches(varied_folder):
+    decoded = image_folder(varied_folder, validation_fraction=0.2, seed=3, lazy=False)
+    lazy = image_folder(varied_folder, validation_fraction=0.2, seed=3, lazy=True)
+    assert isinstance(lazy.train, ImageFiles) and isinstance(decoded.train, ArrayDataset)
+    assert lazy.info == decoded.info
+    for split in ("train", "validation"):
+        for key in ("images", "labels"):
+            np.testing.assert_array_equal(getattr(lazy, split)[key], getattr(decoded, split)[key])
+    expected, got = decoded.train.batches(4, seed=1), lazy.train.batches(4, seed=1)
+    for _ in range(12):  # across epochs
+        want, have = next(expected), next(got)
+        np.testing.assert_array_equal(have["images"], want["images"])
+        np.testing.assert_array_equal(have["labels"], want["labels"])
+    for want, have in zip(decoded.validation.epoch_batches(4), lazy.validation.epoch_batches(4), strict=True):
+        for key in want:
+            np.testing.assert_array_equal(have[key], want[key])
+
+
+def test_large_folders_are_read_lazily_with_statistics_from_a_sample(varied_folder, monkeypatch):
+    monkeypatch.setattr(images_module, "LAZY_IMAGES", 20)
+    monkeypatch.setattr(images_module, "STATISTICS_SAMPLE", 12)
+    splits = image_folder(varied_folder, validation_fraction=0.2, seed=3)  # 27 images: above the threshold
+    assert isinstance(splits.train, ImageFiles)
+    full = image_folder(varied_folder, validation_fraction=0.2, seed=3, lazy=False).info
+    assert splits.info["mean"] != full["mean"]  # 12 of the 22 training images
+    np.testing.assert_allclose(splits.info["mean"], full["mean"], atol=0.05)  # uniform noise: close to 0.5 anyway
+
+
+def test_a_lazily_read_folder_checks_every_header_up_front(varied_folder):
+    Image.fromarray(np.zeros((6, 7, 3), np.uint8)).save(varied_folder / "cow" / "wide.png")
+    with pytest.raises(ValueError, match=r"cow/wide\.png is 7×6 RGB but .*ant/0\.png is 6×6 RGB"):
+        image_folder(varied_folder, lazy=True)
+    (varied_folder / "cow" / "wide.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"cannot read image .*wide\.png"):
+        image_folder(varied_folder, lazy=True)

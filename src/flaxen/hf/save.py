@@ -12,6 +12,7 @@ from flax import nnx
 from safetensors.numpy import save_file
 
 from flaxen import lora
+from flaxen.distributed import fully_on_host
 from flaxen.hf.load import CONFIG_FILE, WEIGHTS_FILE
 from flaxen.hf.table import activation_to_hf, backbone_prefix, default_label_names, dotted
 
@@ -37,7 +38,12 @@ def save_pretrained(model: nnx.Module, folder: Path, format: str) -> Path:
 
 def save_flaxen_weights(model: nnx.Module, file: Path) -> None:
     """The model's parameters under flaxen's names in one safetensors file (no config.json)."""
-    save_file(_contiguous(flaxen_params(model)), file, metadata={"format": "flaxen"})
+    write_flaxen_weights(flaxen_params(model), file)
+
+
+def write_flaxen_weights(params: dict[str, np.ndarray], file: Path) -> None:
+    """`flaxen_params`' arrays as a flaxen safetensors file."""
+    save_file(_contiguous(params), file, metadata={"format": "flaxen"})
 
 
 def flaxen_params(model: nnx.Module) -> dict[str, np.ndarray]:
@@ -46,8 +52,11 @@ def flaxen_params(model: nnx.Module) -> dict[str, np.ndarray]:
 
 
 def named_arrays(state: nnx.State) -> dict[str, np.ndarray]:
-    """Each array of `state` as numpy, keyed by its dotted nnx path."""
-    return {dotted(path): np.asarray(variable[...]) for path, variable in nnx.to_flat_state(state)}
+    """Each array of `state` as numpy, keyed by its dotted nnx path (in a multi-process run every process must call
+    this: arrays split over processes are gathered)."""
+    flat = nnx.to_flat_state(state)
+    arrays = fully_on_host([variable[...] for _, variable in flat])
+    return {dotted(path): np.asarray(array) for (path, _), array in zip(flat, arrays)}
 
 
 def _contiguous(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -51,7 +51,8 @@ def _decode_error(path: PathLike, encoding: str, err: UnicodeDecodeError) -> Val
 
 
 def iter_training_texts(source: PathLike | Iterable[PathLike] | Iterator[str], encoding: str) -> Iterator[str]:
-    """Texts to train a tokenizer on: each file whole (as it will be encoded), or the strings of an iterator.
+    """Texts to train a tokenizer on: each file in `text_pieces` (which pre-tokenize as the whole file does, so the
+    tokenizer is the same, without holding a large file at once), or the strings of an iterator.
 
     A path or a list/tuple of paths means files; any other iterable (a generator, `iter(texts)`) yields the texts
     themselves. Raises ValueError for a missing, undecodable or empty file, and for an iterator with no text.
@@ -65,10 +66,12 @@ def iter_training_texts(source: PathLike | Iterable[PathLike] | Iterator[str], e
                 raise ValueError(
                     f"no such file: {path} (to train on in-memory texts, pass an iterator such as iter(texts))"
                 )
-            text = read_text_file(path, encoding)
-            if not text.strip():
+            has_text = False
+            for piece in text_pieces(path, encoding):
+                has_text = has_text or bool(piece.strip())
+                yield piece
+            if not has_text:
                 raise ValueError(f"{path} is empty: there is no text to train a tokenizer on")
-            yield text
         return
     seen_text = False
     for text in source:
@@ -78,3 +81,48 @@ def iter_training_texts(source: PathLike | Iterable[PathLike] | Iterator[str], e
         yield text
     if not seen_text:
         raise ValueError("the text iterator is empty: there is no text to train a tokenizer on")
+
+
+def text_pieces(path: PathLike, encoding: str = "utf-8", piece_chars: int = 1 << 20) -> Iterator[str]:
+    """The file's text in pieces of about `piece_chars`, read as it is needed, which together are the whole text.
+
+    Each piece but the last ends just before a space, tab or newline that follows a non-space character: there the
+    byte-level BPE (GPT-2) and BERT pre-tokenizers start a new pre-token anyway, so encoding the pieces gives the
+    tokens of encoding the whole text, and training a tokenizer on them gives the same tokenizer. Text without
+    such a place for MAX_PIECE_FACTOR × `piece_chars` characters (no whitespace at all) is cut there regardless,
+    to keep memory bounded.
+    """
+    path = _require_file(path)
+    pending, scanned = "", 0  # no cut in pending[:scanned]
+    try:
+        with path.open(encoding=encoding) as handle:  # universal newlines, as read_text_file
+            while chunk := handle.read(piece_chars):
+                pending += chunk
+                if len(pending) < piece_chars:
+                    continue
+                cut = _last_cut(pending, max(1, scanned))
+                if cut == 0 and len(pending) >= MAX_PIECE_FACTOR * piece_chars:
+                    cut = len(pending)
+                if cut:
+                    yield pending[:cut]
+                    pending = pending[cut:]
+                scanned = len(pending)
+    except UnicodeDecodeError as err:
+        raise _decode_error(path, encoding, err) from None
+    if pending:
+        yield pending
+
+
+MAX_PIECE_FACTOR = 16
+_CUT_BEFORE = (" ", "\n", "\t")
+
+
+def _last_cut(text: str, start: int) -> int:
+    """The last index i >= `start` with text[i] a space, tab or newline and text[i - 1] not a space (0: none)."""
+    best = 0
+    for character in _CUT_BEFORE:
+        index = text.rfind(character, start)
+        while index > best and text[index - 1].isspace():
+            index = text.rfind(character, start, index)
+        best = max(best, index)
+    return best

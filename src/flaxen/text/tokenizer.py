@@ -169,7 +169,30 @@ def encode_truncated(tokenizer: Tokenizer, texts: Sequence[str], max_length: int
 def encode_documents(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
     """Token ids of each text in full: no special tokens, no truncation, no padding."""
     with _temporary_settings(tokenizer):
-        return [e.ids for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+        # The fast variant skips the offsets, which take more memory and time than the ids.
+        return [e.ids for e in tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)]
+
+
+_LOCAL_NORMALIZERS = {"BertNormalizer", "NFC", "NFD", "NFKC", "NFKD", "Lowercase", "StripAccents"}
+_WHITESPACE_PRE_TOKENIZERS = {"BertPreTokenizer", "Whitespace", "WhitespaceSplit"}
+
+
+def encodes_in_pieces(tokenizer: Tokenizer) -> bool:
+    """True if encoding a text in `text_pieces` gives the tokens of encoding it whole: a byte-level BPE with the
+    GPT-2 pre-tokenizer and no prefix space, or a pre-tokenizer that splits at whitespace, behind a normalizer that
+    works character by character. Others (a Metaspace, a Llama-3 style Split, a prepending normalizer) are not."""
+    config = json.loads(tokenizer.to_str())
+
+    def local(normalizer) -> bool:
+        if normalizer is None:
+            return True
+        if normalizer["type"] == "Sequence":
+            return all(local(part) for part in normalizer["normalizers"])
+        return normalizer["type"] in _LOCAL_NORMALIZERS
+
+    pre = config.get("pre_tokenizer") or {}
+    byte_level = pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space")
+    return local(config.get("normalizer")) and (byte_level or pre.get("type") in _WHITESPACE_PRE_TOKENIZERS)
 
 
 @contextlib.contextmanager

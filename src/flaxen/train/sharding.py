@@ -10,11 +10,10 @@ whole copies and only average gradients. The same code runs everywhere:
     Trainer(model, optimizer, out_dir, mesh=mesh).fit(data, steps)
 
 To try several devices on one CPU, set `XLA_FLAGS=--xla_force_host_platform_device_count=8` before jax is imported.
-On a multi-GPU/TPU host nothing changes. Across several hosts, start the same command on every host and call
-`jax.distributed.initialize()` (before anything else touches jax) ahead of `make_mesh`, which then spans all hosts'
-devices; every process computes the same global batch (batch order is a function of seed and step) and
-`jax.device_put` transfers only its own devices' rows; orbax writes each host's shards into one shared run folder.
-(Multi-host runs are not covered by flaxen's tests, and every process writes the run folder's metrics and plot.)
+On a multi-GPU/TPU host nothing changes. Across several hosts, start the same command on every host; after
+`flaxen.distributed.initialize` (before anything else touches jax) `make_mesh` spans all hosts' devices, each
+process reads only its rows of every batch (`flaxen.distributed`), and orbax writes each host's shards into one
+shared run folder.
 """
 
 from __future__ import annotations

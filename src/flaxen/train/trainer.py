@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +33,7 @@ from flaxen.checkpoints import (
     save_checkpoint,
 )
 from flaxen.core.rng import as_rngs
+from flaxen.distributed import barrier, global_batch, is_main_process, place, process_shard
 from flaxen.hf import CONFIG_FILE
 from flaxen.runs import (
     CHECKPOINT_DIR,
@@ -62,7 +64,8 @@ Batch = dict[str, Any]
 
 
 class Dataset(Protocol):
-    """What the trainer needs of a data split."""
+    """What the trainer needs of a data split. In a multi-process run both methods are also given
+    `shard=(process index, process count)` and yield only that process's rows of each batch."""
 
     def batches(self, batch_size: int, *, seed: int, start_step: int = 0) -> Iterator[Batch]: ...
 
@@ -84,6 +87,7 @@ class _RunPosition(NamedTuple):
     step: int
     seed: int
     elapsed: float
+    data: dict[str, Any] | None  # the training batches' iterator state, for iterators that have one (grain's)
 
 
 @dataclasses.dataclass
@@ -98,6 +102,9 @@ class Trainer:
 
     Construction switches the model to eval mode (training uses a train-mode copy of its graph), and `fit` writes
     the trained weights back into the model (as arrays sharded over `mesh`).
+
+    In a multi-process run (`flaxen.distributed.initialize` first) every process builds the same Trainer and calls
+    `fit` alike: each reads its own share of every batch, and only process 0 writes the run folder's files.
     """
 
     def __init__(
@@ -181,6 +188,9 @@ class Trainer:
             parameter_sharding(non_params, self.mesh, sharding_rules),  # frozen parameters split like trained ones
         )
         self._batch_sharding = batch_sharding(self.mesh)
+        # Datasets are asked for one process's share only in a multi-process run, so single-process runs keep
+        # working with datasets that know nothing of shards.
+        self._shard = {"shard": process_shard()} if jax.process_count() > 1 else {}
         with _layers_computing_in(model, self.compute_dtype):
             model.train()
             train_graph = nnx.graphdef(model)
@@ -200,24 +210,25 @@ class Trainer:
     def evaluate(self, dataset: Dataset) -> dict[str, float]:
         """Metrics of the model's current weights over one pass of `dataset` (weighted means, no dropout)."""
         params, non_params = self._placed_model_state()
-        return self._evaluate(params, non_params, dataset, _run_keys(self.seed)[1])
+        return self._evaluate(params, non_params, dataset, _run_keys(self.seed, self.mesh)[1])
 
     def time_steps(self, data: Dataset, steps: int = 5, seconds: float = 0.0) -> tuple[float, float]:
         """(seconds of the first training step, compile included; median seconds of a step after it).
 
-        At least `steps` steps follow the first, and more until `seconds` have passed; the median is over the later
-        half, as the first few steps after compiling run slow. Each step counts from fetching its batch to its
-        metrics being ready. The steps run on a copy of the model's state with a throwaway optimizer state: the
-        model is not changed.
+        At least `steps` steps follow the first, and on one process more until `seconds` have passed; the median is
+        over the later half, as the first few steps after compiling run slow. Each step counts from fetching its
+        batch to its metrics being ready. The steps run on a copy of the model's state with a throwaway optimizer
+        state: the model is not changed.
         """
         params, non_params = jax.tree.map(jnp.copy, self._placed_model_state())  # the step donates its inputs
         opt_state = jax.jit(self.optimizer.init, out_shardings=self._state_sharding.opt_state)(params)
-        key = jax.device_put(_run_keys(self.seed)[0], replicated(self.mesh))
-        batches = data.batches(self.batch_size, seed=self.seed)
+        key = _run_keys(self.seed, self.mesh)[0]
+        batches = data.batches(self.batch_size, seed=self.seed, **self._shard)
         durations = []
-        while len(durations) <= steps or sum(durations[1:]) < seconds:
+        # Processes of a multi-process run take steps together, so they time a fixed number of them.
+        while len(durations) <= steps or (jax.process_count() == 1 and sum(durations[1:]) < seconds):
             start = time.perf_counter()
-            batch = jax.device_put(next(batches), self._batch_sharding)
+            batch = global_batch(next(batches), self._batch_sharding)
             step = len(durations)
             params, opt_state, non_params, metrics = self._train_step(params, opt_state, non_params, batch, key, step)
             jax.block_until_ready(metrics)
@@ -228,7 +239,7 @@ class Trainer:
     def time_evaluation(self, data: Dataset, batches: int = 3) -> tuple[float, float]:
         """(seconds of the first evaluation batch, compile included; median seconds of a batch after it)."""
         params, non_params = self._placed_model_state()
-        key = jax.device_put(_run_keys(self.seed)[1], replicated(self.mesh))
+        key = _run_keys(self.seed, self.mesh)[1]
         results, durations = self._eval_batches(params, non_params, data, key, batches + 1), []
         while True:
             start = time.perf_counter()
@@ -241,7 +252,7 @@ class Trainer:
     def _placed_model_state(self) -> tuple[nnx.State, nnx.State]:
         """The model's parameters and its other variables, moved to their shardings on the mesh."""
         state = nnx.state(self.model, self.trainable, ...)
-        return jax.device_put(state, (self._state_sharding.params, self._state_sharding.non_params))
+        return place(state, (self._state_sharding.params, self._state_sharding.non_params))
 
     def fit(self, data: Splits, steps: int, resume: bool = False, overwrite: bool = False) -> dict[str, float]:
         """Train until `steps` batches have been seen; `resume` continues the latest checkpoint's run (its seed too).
@@ -252,6 +263,7 @@ class Trainer:
         metrics_path = self.out_dir / METRICS_FILE
         if resume:
             check_resumable(self.model, self.out_dir)
+        barrier("flaxen-trainer-checked")  # every process has read the folder before the main one writes to it
         self.out_dir.mkdir(parents=True, exist_ok=True)
         track_best = data.validation is not None
         checkpoint_dir = self.out_dir / CHECKPOINT_DIR
@@ -259,15 +271,17 @@ class Trainer:
             checkpoint_dir, keep=self.keep_checkpoints, track_best=track_best, best_metric=self.best_metric
         ) as manager:
             state, position = self._starting_state(manager, resume, overwrite, metrics_path)
+            barrier("flaxen-trainer-started")  # metrics.jsonl is this run's before any process reads it
             patience = _Patience(self.best_metric, self.early_stopping, read_validation_scores(metrics_path))
             try:
-                with open(metrics_path, "a") as metrics_file, self._event_writer(position.step) as events:
+                with self._metrics_file(metrics_path) as metrics_file, self._event_writer(position.step) as events:
                     final = self._loop(
                         data, steps, position, state, manager, MetricsLog(metrics_file, events), patience
                     )
             finally:
                 _write_back(self.model, state)
-                plot_metrics(metrics_path, self.out_dir / PLOT_FILE)
+                if is_main_process():
+                    plot_metrics(metrics_path, self.out_dir / PLOT_FILE)
         write_weights(self.model, self.out_dir)
         return final
 
@@ -299,23 +313,29 @@ class Trainer:
             )
             state.params, others = nnx.split_state(model_state, self.trainable, ...)
             state.non_params = nnx.merge_state(frozen, others)
-            drop_records_after(metrics_path, latest)
+            if is_main_process():
+                drop_records_after(metrics_path, latest)
             self._save_tokenizer()
-            return state, _RunPosition(latest, progress["seed"], progress["elapsed"])
+            return state, _RunPosition(latest, progress["seed"], progress["elapsed"], progress.get("data"))
         write_run_files(self.model, self.out_dir, (self.run_info or {}) | {"best_metric": self.best_metric})
         frozen, _ = _split_frozen(non_params)
         if jax.tree.leaves(frozen):
             write_frozen_parameters(frozen, self.out_dir)
-        else:  # an overwritten run's frozen weights must not be read as this one's
+        elif is_main_process():  # an overwritten run's frozen weights must not be read as this one's
             (self.out_dir / FROZEN_FILE).unlink(missing_ok=True)
         self._save_tokenizer()
-        metrics_path.write_text("")
-        return state, _RunPosition(0, self.seed, 0.0)
+        if is_main_process():
+            metrics_path.write_text("")
+        return state, _RunPosition(0, self.seed, 0.0, None)
+
+    def _metrics_file(self, metrics_path: Path) -> TextIO:
+        """metrics.jsonl to append to; the other processes of a multi-process run write nowhere."""
+        return open(metrics_path if is_main_process() else os.devnull, "a")
 
     def _event_writer(self, start_step: int):
         """TensorBoard's writer for the run folder (a no-op without `tensorboard`); a resumed run's events after
         `start_step` (recorded before a crash, trained again now) are purged, as metrics.jsonl drops its lines."""
-        if not self.tensorboard:
+        if not self.tensorboard or not is_main_process():
             return contextlib.nullcontext()
         from tensorboardX import SummaryWriter
 
@@ -343,8 +363,8 @@ class Trainer:
     ) -> dict[str, float]:
         """Train from `start` to `steps` (or until `patience` runs out), updating `state` in place (so the caller sees
         it even after an error)."""
-        train_key, eval_key = jax.device_put(_run_keys(start.seed), replicated(self.mesh))
-        batches = data.train.batches(self.batch_size, seed=start.seed, start_step=start.step)
+        train_key, eval_key = _run_keys(start.seed, self.mesh)
+        batches = self._training_batches(data.train, start)
         final: dict[str, float] = {"step": max(steps, start.step)}
         window: list[dict[str, jax.Array]] = []  # device metrics since the last log line
         window_items = 0
@@ -369,12 +389,12 @@ class Trainer:
                     state.params,
                     state.opt_state,
                     state.non_params,
-                    jax.device_put(host_batch, self._batch_sharding),
+                    global_batch(host_batch, self._batch_sharding),
                     train_key,
                     step,
                 )
                 window.append(metrics)
-                window_items += _count_items(host_batch)
+                window_items += _count_items(host_batch) * jax.process_count()
                 bar.update()
                 done = step + 1
                 is_last = done == steps
@@ -418,6 +438,7 @@ class Trainer:
                         seed=start.seed,
                         elapsed=elapsed(),
                         validation=scores,
+                        data=batches.get_state() if hasattr(batches, "get_state") else None,
                     )
                 bar.set_postfix(postfix, refresh=False)
                 window_start += time.perf_counter() - pause_start  # evaluation and saving are not training time
@@ -432,12 +453,22 @@ class Trainer:
             final.update({f"validation_{k}": v for k, v in scores.items()})
         return final
 
+    def _training_batches(self, dataset: Dataset, start: _RunPosition) -> Iterator[Batch]:
+        """The training batches from `start`: positioned by the reader's own saved state when it has one (a grain
+        iterator's, saved with each checkpoint), else by the step."""
+        if start.data is not None:
+            batches = dataset.batches(self.batch_size, seed=start.seed, **self._shard)
+            if hasattr(batches, "set_state"):
+                batches.set_state(start.data)
+                return batches
+        return dataset.batches(self.batch_size, seed=start.seed, start_step=start.step, **self._shard)
+
     def _eval_batches(
         self, params: nnx.State, non_params: nnx.State, dataset: Dataset, key: jax.Array, limit: int | None
     ) -> Iterator[tuple[dict[str, jax.Array], jax.Array]]:
         """The evaluation step's (metrics, weight) for each of the first `limit` batches (None: all), on the device."""
-        for index, batch in enumerate(itertools.islice(dataset.epoch_batches(self.batch_size), limit)):
-            batch = jax.device_put(batch, self._batch_sharding)
+        for index, batch in enumerate(itertools.islice(dataset.epoch_batches(self.batch_size, **self._shard), limit)):
+            batch = global_batch(batch, self._batch_sharding)
             yield self._eval_step(params, non_params, batch, jax.random.fold_in(key, index))
 
     def _evaluate(self, params: nnx.State, non_params: nnx.State, dataset: Dataset, key: jax.Array) -> dict[str, float]:
@@ -517,10 +548,15 @@ def _make_eval_step(
     )
 
 
-def _run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
-    """Base keys for training (folded with the step) and evaluation (folded with the batch index)."""
-    root = jax.random.key(seed)
-    return jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
+def _run_keys(seed: int, mesh: Mesh) -> tuple[jax.Array, jax.Array]:
+    """Base keys for training (folded with the step) and evaluation (folded with the batch index), on every device
+    of `mesh` (made by a program, as a key cannot be copied from the host to another process's devices)."""
+
+    def keys():
+        root = jax.random.key(seed)
+        return jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
+
+    return jax.jit(keys, out_shardings=replicated(mesh))()
 
 
 def _split_frozen(non_params: nnx.State) -> tuple[nnx.State, nnx.State]:
