@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+# Test files run in parallel on this many processes (pytest-xdist); 0 runs them all in one.
+PYTEST_WORKERS ?= 2
 
 .PHONY: demo test test-fast lint clean opencv-digits
 
@@ -32,7 +34,7 @@ lint: $(VENV)/.test-installed
 	$(BIN)/ruff format --check src tests benchmarks examples scripts
 
 test: lint
-	$(BIN)/python -m pytest -m "slow or not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "slow or not slow" -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.test-installed
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)

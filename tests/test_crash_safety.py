@@ -54,8 +54,8 @@ TRAIN = [
     "--no-progress",
 ]
 TEMPORARY_MARK = ".orbax-checkpoint-tmp"  # orbax writes a checkpoint here, then renames it to its step number
-CHAINS = 4
-KILLS_PER_CHAIN = 3
+CHAINS = 2  # side by side: this machine has two cores
+KILLS_PER_CHAIN = 5
 
 
 def write_text(path: Path, words: int = 3600, seed: int = 0) -> Path:

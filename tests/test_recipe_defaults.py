@@ -4,6 +4,7 @@ of a finetune, the ViT patch size."""
 import json
 import math
 
+import numpy as np
 import pytest
 from test_cli import write_text
 
@@ -173,3 +174,34 @@ def test_pretrain_gpt_without_data_trains_on_its_default_data(tmp_path, monkeypa
     run = tmp_path / "run"
     assert main(["pretrain", "gpt", "--out", str(run), "--steps", "2", *TINY]) == 0
     assert json.loads((run / "run.json").read_text())["data"]["files"] == [str(path) for path in plays]
+
+
+def test_pretrain_bert_without_data_trains_on_its_default_data(tmp_path, monkeypatch):
+    plays = flaxen.data.shakespeare_files()[:1]
+    monkeypatch.setattr(flaxen.data, "shakespeare_files", lambda: plays)
+    run = tmp_path / "run"
+    assert main(["pretrain", "bert", "--out", str(run), "--steps", "2", "--max-length", "32", *TINY]) == 0
+    info = json.loads((run / "run.json").read_text())
+    assert info["data"]["files"] == [str(path) for path in plays] and info["model_class"] == "BertForMaskedLM"
+
+
+def test_train_vit_without_images_trains_on_mnist(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "vit", "--out", str(run), "--steps", "2", "--preset", "tiny", "--batch-size", "8"]) == 0
+    info = json.loads((run / "run.json").read_text())
+    assert info["data"]["mnist"] and info["image_shape"] == [28, 28, 1] and info["num_labels"] == 10
+
+
+def test_a_vit_variant_preset_from_the_shell(tmp_path):
+    """`--preset S/16` builds ViT-S (384 wide, 12 layers, 6 heads) with 16-pixel patches and trains."""
+    from PIL import Image
+
+    for label in ("a", "b"):
+        (tmp_path / "pics" / label).mkdir(parents=True)
+        for index in range(4):
+            Image.fromarray(np.full((32, 32, 3), 60 * index, np.uint8)).save(tmp_path / "pics" / label / f"{index}.png")
+    run = tmp_path / "run"
+    argv = ["train", "vit", "--images", str(tmp_path / "pics"), "--preset", "S/16", "--out", str(run)]
+    assert main([*argv, "--steps", "1", "--batch-size", "2", "--no-progress"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert (config["hidden_size"], config["num_layers"], config["num_heads"], config["patch_size"]) == (384, 12, 6, 16)
