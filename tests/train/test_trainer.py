@@ -264,6 +264,25 @@ def test_gradient_accumulation_trains(tmp_path):
     assert final["validation_accuracy"] > 0.8
 
 
+def test_two_accumulated_half_batches_make_the_large_batch_step(tmp_path):
+    """Batches of 16 accumulated over 2 steps are rows 0-31 of the epoch's order, one batch of 32 (same mean loss):
+    the same update, gradient clipping included."""
+    import flaxen.data
+
+    rows = toy_data().train
+    data = DataSplits(flaxen.data.ArrayDataset({"features": rows.features, "labels": rows.labels}), None, {})
+    models = {}
+    for name, batch_size, steps, accumulate in (("accumulated", 16, 2, 2), ("large", 32, 1, 1)):
+        optimizer = adamw(5e-2, schedule="constant", accumulate_steps=accumulate)
+        models[name] = toy_model(ToyConfig(dropout=0.0))  # no dropout: both see the same function of the rows
+        Trainer(models[name], optimizer, tmp_path / name, batch_size=batch_size, progress=False).fit(data, steps)
+    for accumulated, large, initial in zip(
+        params_of(models["accumulated"]), params_of(models["large"]), params_of(toy_model(ToyConfig(dropout=0.0)))
+    ):
+        assert not np.allclose(large, initial)
+        np.testing.assert_allclose(accumulated, large, rtol=1e-5, atol=1e-6)
+
+
 def test_resume_allows_new_config_fields_and_changed_execution_switches(tmp_path):
     from flaxen import GPTConfig, GPTForCausalLM
     from flaxen.runs import check_resumable
