@@ -830,7 +830,7 @@ def _budget_plan(
             f"--minutes {amount} leaves no time to train: a step takes {step:.2f} s and compiling {first_step:.1f} s; "
             "give more minutes or a smaller model"
         )
-    return {"steps": steps, **plan}
+    return {"steps": steps, **plan, "probe_seconds": round(timings["probing"], 3)}
 
 
 def _tokenizer_for(out_dir: Path, resume: bool, make):
