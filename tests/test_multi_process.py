@@ -95,6 +95,29 @@ def test_two_processes_train_like_one_and_resume_after_one_is_killed(tmp_path):
         assert mine["loss"] == pytest.approx(theirs["loss"], abs=1e-5)
 
 
+def test_a_failure_in_process_zero_alone_stops_every_process_with_its_message(tmp_path):
+    """Process 0 trains the tokenizer alone; its error reaches the others at once, not at the heartbeat timeout."""
+    (tmp_path / "latin.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1") * 50)
+    coordinator = ["--coordinator", f"localhost:{free_port()}", "--num-processes", "2"]
+    arguments = [
+        "pretrain",
+        "bert",
+        "--data",
+        str(tmp_path / "latin.txt"),
+        "--out",
+        str(tmp_path / "run"),
+        *coordinator,
+    ]
+    logs = [tmp_path / f"process{index}.log" for index in (0, 1)]
+    started = time.monotonic()
+    processes = [start([*arguments, "--process-id", str(index)], 1, logs[index]) for index in (0, 1)]
+    assert [process.wait(timeout=120) for process in processes] == [2, 2]
+    assert time.monotonic() - started < 60
+    assert "latin.txt is not valid utf-8 text" in logs[0].read_text()
+    assert "process 0 failed: " in logs[1].read_text() and "latin.txt is not valid utf-8 text" in logs[1].read_text()
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [

@@ -131,14 +131,29 @@ def agree(seconds: dict[str, float]) -> dict[str, float]:
 
 def from_main_process(make: Callable[[], str]) -> str:
     """`make()` run in process 0 only, its text given to every process (e.g. a tokenizer, whose training may break
-    ties differently in each process)."""
+    ties differently in each process).
+
+    If `make()` raises, process 0 re-raises it and every other process raises a ValueError with its message,
+    instead of waiting in the broadcast until the heartbeat timeout."""
     if jax.process_count() == 1:
         return make()
-    data = np.frombuffer(make().encode(), np.uint8) if is_main_process() else np.zeros(0, np.uint8)
-    length = int(multihost_utils.broadcast_one_to_all(np.asarray(len(data), np.int32)))
+    failure, text = None, ""
+    if is_main_process():
+        try:
+            text = make()
+        except Exception as error:
+            failure, text = error, str(error)
+    data = np.frombuffer(text.encode(), np.uint8)
+    header = np.asarray([len(data), failure is not None], np.int32)
+    length, failed = (int(value) for value in multihost_utils.broadcast_one_to_all(header))
     buffer = np.zeros(length, np.uint8)
     buffer[: len(data)] = data
-    return bytes(multihost_utils.broadcast_one_to_all(buffer)).decode()
+    text = bytes(multihost_utils.broadcast_one_to_all(buffer)).decode()
+    if failure is not None:
+        raise failure
+    if failed:
+        raise ValueError(f"process 0 failed: {text}")
+    return text
 
 
 def barrier(name: str) -> None:

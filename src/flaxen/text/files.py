@@ -46,7 +46,7 @@ def _require_file(path: PathLike) -> Path:
 def _decode_error(path: PathLike, encoding: str, err: UnicodeDecodeError) -> ValueError:
     return ValueError(
         f"{path} is not valid {encoding} text ({err.reason}: {err.object[err.start : err.end]!r}); "
-        f"pass the file's real encoding, e.g. encoding='latin-1'"
+        "pass the file's real encoding, e.g. --encoding latin-1 (encoding='latin-1' in Python)"
     )
 
 
