@@ -17,7 +17,7 @@ from flaxen.runs import CHECKPOINT_DIR
 from flaxen.train.metrics import read_metrics
 
 WORDS = "the king queen love night day sword crown blood heart fair foul sweet death life honour".split()
-TINY = {"preset": "tiny", "vocab_size": 300, "batch_size": 4, "eval_every": 4, "progress": False, "tensorboard": False}
+TINY = {"preset": "tiny", "batch_size": 4, "eval_every": 4, "progress": False, "tensorboard": False}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_a_token_folder_trains_exactly_as_its_files(corpus, tmp_path):
         "--no-progress",
     ]
     assert main(tokenize) == 0
-    from_files = recipes.pretrain_gpt(corpus, tmp_path / "files", steps=8, context_length=16, **TINY)
+    from_files = recipes.pretrain_gpt(corpus, tmp_path / "files", steps=8, context_length=16, vocab_size=300, **TINY)
     from_tokens = recipes.pretrain_gpt(
         [tmp_path / "tokens"], tmp_path / "tokens-run", steps=8, context_length=16, **TINY
     )
@@ -98,4 +98,7 @@ def test_tokenize_refuses_bad_input_in_one_line(corpus, tmp_path, capsys):
     bert = ["pretrain", "bert", "--data", str(tmp_path / "bpe-tokens"), "--steps", "2", "--out", str(tmp_path / "r")]
     assert main(bert) == 2
     assert "tokenize with --kind wordpiece for BERT" in capsys.readouterr().err
+    gpt = ["pretrain", "gpt", "--data", str(tmp_path / "bpe-tokens"), "--steps", "2", "--out", str(tmp_path / "r")]
+    assert main([*gpt, "--vocab-size", "500"]) == 2
+    assert "--vocab-size 500 does not apply to token folder" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()

@@ -45,12 +45,7 @@ def _text_file_arguments(parser: argparse.ArgumentParser, recipe, *, tokenizer: 
     parser.add_argument(
         "--encoding", default=recipe.default("encoding"), help="text encoding of --data (default: %(default)s)"
     )
-    parser.add_argument(
-        "--vocab-size",
-        type=int,
-        default=recipe.default("vocab_size"),
-        help=f"{tokenizer} vocabulary size (default: %(default)s)",
-    )
+    parser.add_argument("--vocab-size", type=int, help=f"{tokenizer} vocabulary size ({recipe.note('vocab_size')})")
 
 
 def _gpt_arguments(parser: argparse.ArgumentParser, recipe) -> None:
@@ -262,7 +257,7 @@ def _multi_process_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _tokenize_arguments(commands) -> None:
-    from flaxen.recipes import RECIPES
+    from flaxen.recipes import BERT_VOCAB_SIZE, GPT_VOCAB_SIZE
 
     tokenize = commands.add_parser(
         "tokenize", help="tokenize text files into a token folder to pretrain from (for corpora larger than memory)"
@@ -280,11 +275,10 @@ def _tokenize_arguments(commands) -> None:
         default="bpe",
         help="tokenizer to train: bpe for GPT, wordpiece for BERT (default: %(default)s)",
     )
-    sizes = [RECIPES[name].default("vocab_size") for name in ("pretrain-gpt", "pretrain-bert")]
     tokenize.add_argument(
         "--vocab-size",
         type=int,
-        help=f"vocabulary of a trained tokenizer (default: {sizes[0]} bpe, {sizes[1]} wordpiece)",
+        help=f"vocabulary of a trained tokenizer (default: {GPT_VOCAB_SIZE} bpe, {BERT_VOCAB_SIZE} wordpiece)",
     )
     tokenize.add_argument("--encoding", default="utf-8", help="text encoding of the files (default: %(default)s)")
     tokenize.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

@@ -57,6 +57,8 @@ TRAINING_SETTINGS = (
     "grad_accum",
     "early_stopping",
 )
+GPT_VOCAB_SIZE = 4096  # BPE trained on text files; a token folder brings its tokenizer's own
+BERT_VOCAB_SIZE = 8192  # WordPiece, likewise
 PROBE_SHARE = 0.02  # of a minutes budget spent timing steps, so the step count fits it
 # train-vit's small-data regularisation (DeiT; "How to train your ViT").
 MIXUP_ALPHA = 0.0  # Mixup and CutMix pay off only in long runs, so they are opt-in
@@ -138,7 +140,7 @@ def pretrain_gpt(
     out_dir: str | Path,
     *,
     preset: str = "mini",
-    vocab_size: int = 4096,
+    vocab_size: int | None = None,
     context_length: int | None = None,
     encoding: str = "utf-8",
     resume: bool = False,
@@ -146,19 +148,23 @@ def pretrain_gpt(
     config_overrides: dict[str, Any] | None = None,
     **options,
 ) -> dict[str, Any]:
-    """Train a byte-level BPE on `files` (default: Shakespeare's plays) or reuse the run's, pack blocks, and
-    pretrain GPTForCausalLM.
+    """Train a byte-level BPE of `vocab_size` (default GPT_VOCAB_SIZE) on `files` (default: Shakespeare's plays)
+    or reuse the run's, pack blocks, and pretrain GPTForCausalLM.
 
     `files` may instead be one token folder written by `flaxen tokenize` (`flaxen.data.tokenize_to_shards`): its
     tokenizer is used and its blocks are read from disk as batches need them, for corpora larger than memory.
     """
     options = training_options(**options)
-    files, shards = _text_source(files)
+    files, shards = _text_source(files, vocab_size)
     out_dir = check_out_dir(out_dir, GPTForCausalLM, resume=resume, overwrite=overwrite)
     tokenizer = _tokenizer_for(
         out_dir,
         resume,
-        lambda: shards.tokenizer if shards else ftext.train_bpe(files, vocab_size=vocab_size, encoding=encoding),
+        lambda: (
+            shards.tokenizer
+            if shards
+            else ftext.train_bpe(files, vocab_size=vocab_size or GPT_VOCAB_SIZE, encoding=encoding)
+        ),
     )
     config = GPTConfig.from_preset(preset, vocab_size=tokenizer.get_vocab_size(), **(config_overrides or {}))
     if context_length is not None:
@@ -179,7 +185,7 @@ def pretrain_bert(
     out_dir: str | Path,
     *,
     preset: str = "small",
-    vocab_size: int = 8192,
+    vocab_size: int | None = None,
     max_length: int = 128,
     encoding: str = "utf-8",
     resume: bool = False,
@@ -187,16 +193,21 @@ def pretrain_bert(
     config_overrides: dict[str, Any] | None = None,
     **options,
 ) -> dict[str, Any]:
-    """Train a WordPiece on `files` (default: Shakespeare's plays) or reuse the run's, and pretrain
+    """Train a WordPiece of `vocab_size` (default BERT_VOCAB_SIZE) on `files` (default: Shakespeare's plays) or
+    reuse the run's, and pretrain
     BertForMaskedLM on [CLS] block [SEP] rows. `files` may instead be a token folder, as for `pretrain_gpt`
     (tokenized with a WordPiece)."""
     options = training_options(**options)
-    files, shards = _text_source(files)
+    files, shards = _text_source(files, vocab_size)
     out_dir = check_out_dir(out_dir, BertForMaskedLM, resume=resume, overwrite=overwrite)
     tokenizer = _tokenizer_for(
         out_dir,
         resume,
-        lambda: shards.tokenizer if shards else ftext.train_wordpiece(files, vocab_size=vocab_size, encoding=encoding),
+        lambda: (
+            shards.tokenizer
+            if shards
+            else ftext.train_wordpiece(files, vocab_size=vocab_size or BERT_VOCAB_SIZE, encoding=encoding)
+        ),
     )
     splits = mlm_blocks(shards or files, tokenizer, max_length, encoding=encoding)
     config = BertConfig.from_preset(preset, **_bert_token_fields(tokenizer), **(config_overrides or {}))
@@ -326,9 +337,10 @@ def tokenize(
     """Tokenize text files into a token folder for `pretrain_gpt`/`pretrain_bert` (`flaxen tokenize`).
 
     The tokenizer is `tokenizer` (a tokenizer.json, a run folder or a Hugging Face folder), else a new byte-level
-    BPE (`kind="bpe"`, for GPT) or WordPiece (`kind="wordpiece"`, for BERT) of `vocab_size` (default: the recipes',
-    4096 and 8192) trained on the files as `pretrain` trains it, except that a corpus above TOKENIZER_SAMPLE_BYTES
-    trains it on about its first TOKENIZER_SAMPLE_BYTES (`pretrain` on text files trains on all of them).
+    BPE (`kind="bpe"`, for GPT) or WordPiece (`kind="wordpiece"`, for BERT) of `vocab_size` (default:
+    GPT_VOCAB_SIZE or BERT_VOCAB_SIZE, as the recipes) trained on the files as `pretrain` trains it, except that
+    a corpus above TOKENIZER_SAMPLE_BYTES trains it on about its first TOKENIZER_SAMPLE_BYTES (`pretrain` on text
+    files trains on all of them).
     """
     if kind not in ("bpe", "wordpiece"):
         raise ValueError(f"--kind must be bpe (GPT) or wordpiece (BERT), got {kind!r}")
@@ -337,7 +349,7 @@ def tokenize(
         loaded = ftext.load_tokenizer(tokenizer)
     else:
         train = ftext.train_bpe if kind == "bpe" else ftext.train_wordpiece
-        size = vocab_size or RECIPES["pretrain-gpt" if kind == "bpe" else "pretrain-bert"].default("vocab_size")
+        size = vocab_size or (GPT_VOCAB_SIZE if kind == "bpe" else BERT_VOCAB_SIZE)
         loaded = train(_tokenizer_sample(paths, encoding), vocab_size=size, encoding=encoding)
     start = time.perf_counter()
     meta = flaxen.data.tokenize_to_shards(paths, loaded, out_dir, encoding=encoding, progress=progress)
@@ -479,16 +491,25 @@ def _bert_mlm_validation_data(run: Run) -> DataSplits:
     return mlm_blocks(source, run.tokenizer, recorded["max_length"], encoding=recorded.get("encoding", "utf-8"))
 
 
-def _text_source(files: Sequence[str | Path] | None) -> tuple[list[str], flaxen.data.TokenShards | None]:
+def _text_source(
+    files: Sequence[str | Path] | None, vocab_size: int | None
+) -> tuple[list[str], flaxen.data.TokenShards | None]:
     """(text files, None), or ([], the token folder) when `files` is one folder written by `flaxen tokenize`;
-    no files means Shakespeare's plays."""
+    no files means Shakespeare's plays. A token folder's vocabulary is its tokenizer's, so another `vocab_size`
+    is an error rather than silently ignored."""
     if files and len(files) == 1 and Path(files[0]).is_dir():
         if not flaxen.data.is_token_folder(files[0]):
             raise ValueError(
                 f"--data {files[0]} is a folder but not a token folder; give text files, or tokenize them first "
                 "with flaxen tokenize"
             )
-        return [], flaxen.data.TokenShards(files[0])
+        shards = flaxen.data.TokenShards(files[0])
+        if vocab_size is not None and vocab_size != shards.meta["vocab_size"]:
+            raise ValueError(
+                f"--vocab-size {vocab_size} does not apply to token folder {files[0]}: its tokenizer has "
+                f"{shards.meta['vocab_size']} tokens; drop --vocab-size, or run flaxen tokenize again with it"
+            )
+        return [], shards
     return [str(path) for path in (files or flaxen.data.shakespeare_files())], None
 
 
@@ -565,6 +586,7 @@ RECIPES = {
             pretrain_gpt,
             _gpt_validation_data,
             {"out_dir": "runs/gpt", "steps": 2000, "batch_size": 16, "learning_rate": 2e-3},
+            notes={"vocab_size": f"default: {GPT_VOCAB_SIZE}; a token folder brings its own"},
         ),
         Recipe(
             "pretrain-bert",
@@ -575,6 +597,7 @@ RECIPES = {
             pretrain_bert,
             _bert_mlm_validation_data,
             {"out_dir": "runs/bert-mlm", "steps": 2000, "batch_size": 32, "learning_rate": 5e-4},
+            notes={"vocab_size": f"default: {BERT_VOCAB_SIZE}; a token folder brings its own"},
         ),
         Recipe(
             "finetune-bert",
