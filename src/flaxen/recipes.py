@@ -160,11 +160,8 @@ def pretrain_gpt(
     tokenizer = _tokenizer_for(
         out_dir,
         resume,
-        lambda: (
-            shards.tokenizer
-            if shards
-            else ftext.train_bpe(files, vocab_size=vocab_size or GPT_VOCAB_SIZE, encoding=encoding)
-        ),
+        shards,
+        lambda: ftext.train_bpe(files, vocab_size=vocab_size or GPT_VOCAB_SIZE, encoding=encoding),
     )
     config = GPTConfig.from_preset(preset, vocab_size=tokenizer.get_vocab_size(), **(config_overrides or {}))
     if context_length is not None:
@@ -194,20 +191,16 @@ def pretrain_bert(
     **options,
 ) -> dict[str, Any]:
     """Train a WordPiece of `vocab_size` (default BERT_VOCAB_SIZE) on `files` (default: Shakespeare's plays) or
-    reuse the run's, and pretrain
-    BertForMaskedLM on [CLS] block [SEP] rows. `files` may instead be a token folder, as for `pretrain_gpt`
-    (tokenized with a WordPiece)."""
+    reuse the run's, and pretrain BertForMaskedLM on [CLS] block [SEP] rows. `files` may instead be a token folder,
+    as for `pretrain_gpt` (tokenized with a WordPiece)."""
     options = training_options(**options)
     files, shards = _text_source(files, vocab_size)
     out_dir = check_out_dir(out_dir, BertForMaskedLM, resume=resume, overwrite=overwrite)
     tokenizer = _tokenizer_for(
         out_dir,
         resume,
-        lambda: (
-            shards.tokenizer
-            if shards
-            else ftext.train_wordpiece(files, vocab_size=vocab_size or BERT_VOCAB_SIZE, encoding=encoding)
-        ),
+        shards,
+        lambda: ftext.train_wordpiece(files, vocab_size=vocab_size or BERT_VOCAB_SIZE, encoding=encoding),
     )
     splits = mlm_blocks(shards or files, tokenizer, max_length, encoding=encoding)
     config = BertConfig.from_preset(preset, **_bert_token_fields(tokenizer), **(config_overrides or {}))
@@ -278,7 +271,7 @@ def finetune_bert(
         texts = flaxen.data.table_texts(table, columns["text_column"], encoding=columns["encoding"])
         return ftext.train_wordpiece(iter(texts), vocab_size=vocab_size)
 
-    tokenizer = _tokenizer_for(out_dir, resume, new_tokenizer)
+    tokenizer = _tokenizer_for(out_dir, resume, None, new_tokenizer)
     splits = flaxen.data.text_classification(table, tokenizer, max_length=max_length, seed=options["seed"], **columns)
     num_labels = num_labels or splits.info["num_labels"]
     flaxen.data.check_num_labels(splits, num_labels)
@@ -856,13 +849,16 @@ def _budget_plan(
     return {"steps": steps, **plan, "probe_seconds": round(timings["probing"], 3)}
 
 
-def _tokenizer_for(out_dir: Path, resume: bool, make):
-    """The run's tokenizer when resuming, else `make()`'s: made by process 0 alone in a multi-process run."""
+def _tokenizer_for(out_dir: Path, resume: bool, shards: flaxen.data.TokenShards | None, train) -> Tokenizer:
+    """The run's tokenizer when resuming, else the token folder's, else `train()`'s: trained by process 0 alone in a
+    multi-process run."""
     if resume and (out_dir / TOKENIZER_FILE).exists():
         return ftext.load_tokenizer(out_dir / TOKENIZER_FILE)
+    if shards is not None:
+        return shards.tokenizer
     if jax.process_count() == 1:
-        return make()
-    return Tokenizer.from_str(distributed.from_main_process(lambda: make().to_str()))
+        return train()
+    return Tokenizer.from_str(distributed.from_main_process(lambda: train().to_str()))
 
 
 def _bert_token_fields(tokenizer) -> dict[str, Any]:

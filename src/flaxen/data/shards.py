@@ -24,7 +24,7 @@ from tokenizers import Tokenizer
 from flaxen.data.arrays import DataSplits
 from flaxen.data.indexed import IndexedDataset
 from flaxen.data.text import block_plan, document_tokens, wrap_rows
-from flaxen.text.files import PathLike, as_paths
+from flaxen.text.files import PathLike, as_paths, require_file
 from flaxen.text.tokenizer import EOS_TOKEN, TOKENIZER_FILE, load_tokenizer
 
 SHARDS_FILE = "tokens.json"
@@ -103,8 +103,7 @@ def check_tokenize_inputs(files: PathLike | Sequence[PathLike], out_dir: PathLik
     if out_dir.exists():
         raise ValueError(f"{out_dir} already exists; choose a new folder for the tokens (or delete it)")
     for path in paths:
-        if not path.is_file():
-            raise ValueError(f"no such file: {path}")
+        require_file(path)
     return paths, out_dir
 
 

@@ -18,7 +18,7 @@ def as_paths(files: PathLike | Iterable[PathLike]) -> list[Path]:
 
 def read_text_file(path: PathLike, encoding: str = "utf-8") -> str:
     """The whole file as text; ValueError naming the file if it is missing or not valid `encoding`."""
-    path = _require_file(path)
+    path = require_file(path)
     try:
         return path.read_text(encoding=encoding)
     except UnicodeDecodeError as err:
@@ -27,7 +27,7 @@ def read_text_file(path: PathLike, encoding: str = "utf-8") -> str:
 
 def check_decodable(path: PathLike, encoding: str = "utf-8") -> None:
     """Raise the same ValueErrors as `read_text_file`, reading the file in chunks instead of keeping it."""
-    path = _require_file(path)
+    path = require_file(path)
     try:
         with path.open(encoding=encoding) as handle:
             while handle.read(1 << 20):
@@ -36,7 +36,8 @@ def check_decodable(path: PathLike, encoding: str = "utf-8") -> None:
         raise _decode_error(path, encoding, err) from None
 
 
-def _require_file(path: PathLike) -> Path:
+def require_file(path: PathLike) -> Path:
+    """`path` as a Path; ValueError if it is not a file."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"no such file: {path}")
@@ -92,7 +93,7 @@ def text_pieces(path: PathLike, encoding: str = "utf-8", piece_chars: int = 1 <<
     such a place for MAX_PIECE_FACTOR × `piece_chars` characters (no whitespace at all) is cut there regardless,
     to keep memory bounded.
     """
-    path = _require_file(path)
+    path = require_file(path)
     pending, scanned = "", 0  # no cut in pending[:scanned]
     try:
         with path.open(encoding=encoding) as handle:  # universal newlines, as read_text_file
