@@ -1,6 +1,9 @@
-"""The one multi-head attention all families share."""
+"""The one multi-head attention all families share, and the one function that decides how its arithmetic runs."""
 
 from __future__ import annotations
+
+import logging
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -13,10 +16,131 @@ from flaxen.core.linear import Linear
 
 BLOCKWISE_MIN_LENGTH = 256  # causal attention this long (two blocks) skips its masked half (core/blockwise.py)
 BLOCK_SIZE = 128
+# cuDNN's sequences are zero-padded to a multiple of this, the padded keys excluded by per-row key lengths:
+# its fused attention trains on even lengths only (ViT's 197 tokens, GPT's 1023 inputs are refused).
+CUDNN_LENGTH_MULTIPLE = 2
+CUDNN_MIN_COMPUTE_CAPABILITY = (8, 0)  # cuDNN's fused flash attention runs on Ampere and later
+CUDNN_DTYPES = ("bfloat16", "float16")
+
+logger = logging.getLogger(__name__)
+
+
+class Device(NamedTuple):
+    """What the kernel choice needs to know of a device."""
+
+    platform: str  # "cpu", "cuda", "rocm" or "tpu"
+    compute_capability: tuple[int, int] | None = None  # CUDA only
+
+
+class AttentionChoice(NamedTuple):
+    """How one attention call runs, and why."""
+
+    implementation: str  # "cudnn", "xla" or "blockwise"
+    padded_length: int  # the sequences' length as the kernel sees them (more than the real length: zero-padded)
+    reason: str
+
+
+def current_device() -> Device:
+    """The default backend's first device, as `choose_implementation` reads it."""
+    backend = jax.default_backend()
+    if backend != "gpu":
+        return Device(backend)
+    device = jax.devices()[0]
+    if "rocm" in str(getattr(getattr(device, "client", None), "platform_version", "")).lower():
+        return Device("rocm")
+    major, _, minor = str(getattr(device, "compute_capability", "0.0")).partition(".")
+    return Device("cuda", (int(major), int(minor or 0)))
+
+
+def mask_kind(mask: jax.Array | None) -> str:
+    """The kind of a boolean mask: none, padding (a (B, 1, 1, S) key mask, real tokens first) or general."""
+    if mask is None:
+        return "none"
+    return "padding" if mask.ndim == 4 and mask.shape[1:3] == (1, 1) else "general"
+
+
+def choose_implementation(
+    requested: str | None,
+    *,
+    device: Device,
+    dtype,
+    head_dim: int,
+    query_length: int,
+    key_length: int,
+    is_causal: bool,
+    mask: str,
+) -> AttentionChoice:
+    """The implementation one attention call takes: `requested` (a config's `attention_implementation`) or, for
+    None, the fastest correct one for this device, compute dtype, shape and mask kind (see `mask_kind`).
+
+    Automatic: on a CUDA GPU cuDNN's fused flash attention wherever it applies (Ampere or later, 16-bit compute,
+    head dim a multiple of 8 up to 256 (128 before Hopper), self-attention, no mask or a padding mask given as key
+    lengths; lengths padded to a multiple of CUDNN_LENGTH_MULTIPLE), XLA's otherwise; on CPUs and TPUs causal
+    self-attention from BLOCKWISE_MIN_LENGTH tokens is blockwise (core/blockwise.py), the rest XLA's.
+    """
+    self_attention = query_length == key_length
+    if requested == "xla":
+        return AttentionChoice("xla", query_length, "asked for")
+    if requested == "blockwise":
+        if is_causal and self_attention and mask != "general":
+            return AttentionChoice("blockwise", query_length, "asked for")
+        return AttentionChoice("xla", query_length, "blockwise takes causal self-attention with at most padding")
+    if requested == "cudnn":
+        return AttentionChoice("cudnn", _padded(query_length, CUDNN_LENGTH_MULTIPLE, self_attention), "asked for")
+    if requested is not None:
+        raise ValueError(f"unknown attention implementation {requested!r}")
+    if device.platform != "cuda":
+        if device.platform != "rocm" and is_causal and self_attention and mask != "general":
+            if query_length >= BLOCKWISE_MIN_LENGTH:
+                return AttentionChoice("blockwise", query_length, f"causal, {query_length} >= {BLOCKWISE_MIN_LENGTH}")
+        return AttentionChoice("xla", query_length, f"no fused kernel chosen on {device.platform}")
+    head_dim_limit = 256 if device.compute_capability >= (9, 0) else 128
+    dtype_name = jnp.dtype(dtype).name
+    unsupported = [
+        (device.compute_capability < CUDNN_MIN_COMPUTE_CAPABILITY, f"compute capability {device.compute_capability}"),
+        (dtype_name not in CUDNN_DTYPES, f"{dtype_name} compute (cuDNN takes 16-bit inputs)"),
+        (head_dim % 8 or head_dim > head_dim_limit, f"head dim {head_dim} (cuDNN: multiples of 8 to {head_dim_limit})"),
+        (mask == "general", "a mask other than padding (DropKey's)"),
+        (not self_attention, f"{query_length} queries over {key_length} keys (a head's few positions)"),
+    ]
+    reasons = [reason for failed, reason in unsupported if failed]
+    if reasons:
+        return AttentionChoice("xla", query_length, "not cuDNN: " + "; ".join(reasons))
+    padded = _padded(query_length, CUDNN_LENGTH_MULTIPLE, self_attention)
+    padding = ", padding as key lengths" if mask == "padding" else ""
+    return AttentionChoice("cudnn", padded, f"fused flash attention{padding}")
+
+
+def explain(
+    config: TransformerConfig,
+    query_length: int,
+    *,
+    key_length: int | None = None,
+    is_causal: bool = False,
+    mask: str = "none",
+    device: Device | None = None,
+) -> str:
+    """What attention in a model of `config` runs as for these shapes on `device` (default: this process's), and why."""
+    choice = choose_implementation(
+        config.attention_implementation,
+        device=device or current_device(),
+        dtype=config.compute_dtype,
+        head_dim=config.head_dim,
+        query_length=query_length,
+        key_length=query_length if key_length is None else key_length,
+        is_causal=is_causal,
+        mask=mask,
+    )
+    padding = f", padded to {choice.padded_length}" if choice.padded_length != query_length else ""
+    return f"{choice.implementation}{padding}: {choice.reason}"
+
+
+def _padded(length: int, multiple: int, self_attention: bool) -> int:
+    return -(-length // multiple) * multiple if self_attention else length
 
 
 class MultiHeadAttention(nnx.Module):
-    """Fused QKV projection, heads laid out (B, T, N, H), arithmetic by `jax.nn.dot_product_attention`."""
+    """Fused QKV projection, heads laid out (B, T, N, H), the arithmetic as `choose_implementation` decides."""
 
     def __init__(self, config: TransformerConfig, *, kernel_init, out_kernel_init, rngs: nnx.Rngs):
         self.num_heads = config.num_heads
@@ -52,32 +176,19 @@ class MultiHeadAttention(nnx.Module):
                 mask, is_causal = masks.combine(mask, masks.causal_at(query_at, x.shape[1])), False
         if self.attention_dropout > 0 and not self.deterministic:
             mask = masks.combine(mask, self._drop_keys(rngs, query.shape[:2], x.shape[1], query_at))
-        if is_causal and self._blockwise(x.shape[1], mask):
-            key_valid = None if mask is None else mask[:, 0, 0, :]
-            attended = blockwise.causal_attention(query, key, value, key_valid, block_size=BLOCK_SIZE)
-        else:
-            attended = jax.nn.dot_product_attention(
-                query, key, value, mask=mask, is_causal=is_causal, implementation=self._jax_implementation
-            )
+        choice = choose_implementation(
+            self.implementation,
+            device=current_device(),
+            dtype=query.dtype,
+            head_dim=query.shape[-1],
+            query_length=query.shape[1],
+            key_length=key.shape[1],
+            is_causal=is_causal,
+            mask=mask_kind(mask),
+        )
+        logger.debug("attention over %s keys: %s (%s)", key.shape[1], choice.implementation, choice.reason)
+        attended = attend(query, key, value, mask=mask, is_causal=is_causal, choice=choice)
         return self.out(rearrange(attended, "b t n h -> b t (n h)"))
-
-    @property
-    def _jax_implementation(self) -> str | None:
-        """What `jax.nn.dot_product_attention` is asked for: "blockwise" is flaxen's own, so JAX chooses then."""
-        return None if self.implementation == "blockwise" else self.implementation
-
-    def _blockwise(self, length: int, mask: jax.Array | None) -> bool:
-        """Whether causal attention over `length` tokens with `mask` takes the blockwise path.
-
-        "blockwise" asks for it; None (auto) takes it from BLOCKWISE_MIN_LENGTH tokens where no fused kernel
-        exists (not on GPU, whose cuDNN kernel is the better choice). Either way only a padding mask (B, 1, 1, S)
-        or none: other masks (DropKey's) take `jax.nn.dot_product_attention`.
-        """
-        padding_only = mask is None or (mask.ndim == 4 and mask.shape[1:3] == (1, 1))
-        if self.implementation == "blockwise":
-            return padding_only
-        auto = self.implementation is None and jax.default_backend() != "gpu"
-        return auto and padding_only and length >= BLOCKWISE_MIN_LENGTH
 
     def decode(
         self, x: jax.Array, kv_cache: tuple[jax.Array, jax.Array], cache_index: jax.Array, mask: jax.Array
@@ -112,6 +223,75 @@ class MultiHeadAttention(nnx.Module):
         batch, queries = batch_and_queries
         shape = (batch, self.num_heads, queries, key_length)
         return masks.random(rngs.dropout(), shape, self.attention_dropout, query_positions=query_at)
+
+
+def attend(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    *,
+    mask: jax.Array | None,
+    is_causal: bool,
+    choice: AttentionChoice,
+) -> jax.Array:
+    """Softmax attention of (B, T, N, H) queries over (B, S, N, H) keys and values as `choice` says -> (B, T, N, H)."""
+    if choice.implementation == "blockwise":
+        key_valid = None if mask is None else mask[:, 0, 0, :]
+        return blockwise.causal_attention(query, key, value, key_valid, block_size=BLOCK_SIZE)
+    if choice.implementation == "cudnn":
+        return attention_by_lengths(
+            query,
+            key,
+            value,
+            mask=mask,
+            is_causal=is_causal,
+            padded_length=choice.padded_length,
+            implementation="cudnn",
+        )
+    return jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=is_causal, implementation="xla")
+
+
+def attention_by_lengths(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    *,
+    mask: jax.Array | None,
+    is_causal: bool,
+    padded_length: int,
+    implementation: str,
+) -> jax.Array:
+    """`jax.nn.dot_product_attention` with a padding mask handed over as per-row key lengths (which fused kernels
+    take without a bias), and the sequences zero-padded to `padded_length` with the added keys excluded.
+
+    A padding mask must mark a prefix of each row (right padding); a row without any real key attends to its first.
+    Another (general) mask is passed on as it is, padded with excluded keys (and padded queries that see every key).
+    """
+    length = query.shape[1]
+    key_lengths = None
+    if mask_kind(mask) == "padding":
+        valid_keys = jnp.sum(mask[:, 0, 0, :], axis=-1, dtype=jnp.int32)
+        key_lengths = jnp.broadcast_to(jnp.maximum(valid_keys, 1), (query.shape[0],))
+        mask = None
+    if padded_length > length:
+        widths = [(0, 0), (0, padded_length - length), (0, 0), (0, 0)]
+        query, key, value = (jnp.pad(x, widths) for x in (query, key, value))
+        if mask is not None:
+            extra = padded_length - length
+            mask = jnp.pad(mask, [(0, 0), (0, 0), (0, 0), (0, extra)], constant_values=False)
+            mask = jnp.pad(mask, [(0, 0), (0, 0), (0, extra if mask.shape[2] > 1 else 0), (0, 0)], constant_values=True)
+        elif key_lengths is None:
+            key_lengths = jnp.full((query.shape[0],), length, jnp.int32)
+    attended = jax.nn.dot_product_attention(
+        query,
+        key,
+        value,
+        mask=mask,
+        is_causal=is_causal,
+        key_value_seq_lengths=key_lengths,
+        implementation=implementation,
+    )
+    return attended[:, :length]
 
 
 def position_indices(positions: slice | jax.Array, batch: int, length: int) -> jax.Array:

@@ -92,8 +92,8 @@ class TransformerConfig(ConfigMixin):
     layer_norm_eps: float = 1e-5
     initializer_range: float = 0.02
     dtype: str = "float32"  # compute dtype; parameters stay float32
-    # None: automatic (long causal attention blockwise except on GPU); "xla", "cudnn" (GPU's fused kernel) or
-    # "blockwise" (core/blockwise.py) to choose.
+    # None: automatic (cuDNN's fused kernel on GPUs where it applies, long causal attention blockwise on CPUs; see
+    # core.attention.choose_implementation); "xla", "cudnn" or "blockwise" (core/blockwise.py) to choose.
     attention_implementation: str | None = None
     # How the model runs, not what it computes: a run may resume with these changed.
     EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = ("scan_layers", "remat", "attention_implementation")

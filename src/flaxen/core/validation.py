@@ -39,3 +39,18 @@ def check_same_shape(name: str, array, reference_name: str, reference) -> None:
             f"{name} has shape {tuple(array.shape)} but {reference_name} has shape {tuple(reference.shape)}; "
             "they must match"
         )
+
+
+def check_right_padded(padding_mask) -> None:
+    """ValueError unless each row of a (B, T) `padding_mask` marks its real tokens first, then only padding
+    (attention hands padding to fused kernels as per-row lengths)."""
+    if padding_mask is None or not is_concrete(padding_mask):
+        return
+    valid = np.asarray(padding_mask, bool)
+    prefix = np.arange(valid.shape[-1]) < valid.sum(axis=-1, keepdims=True)
+    if not np.array_equal(valid, prefix):
+        row = int(np.argmax(np.any(valid != prefix, axis=-1)))
+        raise ValueError(
+            f"padding_mask row {row} is not right-padded: mark each row's real tokens first, then padding "
+            "(tokenizers pad on the right by default; for left-padded prompts use flaxen.generate)"
+        )
