@@ -5,7 +5,7 @@ from flaxen.core.activations import Activation, PReLU, RReLU
 from flaxen.core.attention import MultiHeadAttention
 from flaxen.core.blocks import MLP, TransformerBlock, TransformerStack
 from flaxen.core.config import ConfigMixin, TransformerConfig
-from flaxen.core.embeddings import PatchEmbedding, PositionEmbedding
+from flaxen.core.embeddings import Embed, PatchEmbedding, PositionEmbedding
 from flaxen.core.losses import accuracy, cross_entropy, weighted_mean
 from flaxen.core.mlm import MaskedTokens, mask_tokens
 from flaxen.core.rng import as_rngs
@@ -14,6 +14,7 @@ __all__ = [
     "MLP",
     "Activation",
     "ConfigMixin",
+    "Embed",
     "MaskedTokens",
     "MultiHeadAttention",
     "PReLU",

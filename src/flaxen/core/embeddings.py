@@ -9,6 +9,40 @@ from flax import nnx
 
 from flaxen.core.linear import Linear
 
+ONE_HOT_MAX_ROWS = 16  # tables up to this many rows (token types) are read by a one-hot matmul, not a gather
+# Training logits span the vocabulary rounded up to this multiple (the loss ignores the extra columns): matmul
+# dimensions that tile evenly, instead of a 50,257-wide output the compiler pads and slices on every step.
+LOGITS_PAD_MULTIPLE = 128
+
+
+class Embed(nnx.Embed):
+    """`nnx.Embed` (same parameters, same `attend`) whose lookup gathers rows of the stored table and then casts
+    them to the compute dtype, so the table's gradient is summed in the parameters' precision.
+
+    A table of a few rows is read by a one-hot matmul instead: the gradient of a gather is a scatter-add, and one
+    whose every update lands on the same few rows is serialised on a GPU.
+    """
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        """(...) integer ids -> (..., features) rows in the compute dtype."""
+        table = self.embedding[...]
+        if table.shape[0] <= ONE_HOT_MAX_ROWS:
+            one_hot = jax.nn.one_hot(ids, table.shape[0], dtype=table.dtype)
+            rows = jnp.dot(one_hot, table, precision=jax.lax.Precision.HIGHEST)
+        else:
+            rows = jnp.take(table, ids, axis=0)
+        return rows.astype(self.dtype or table.dtype)
+
+    def padded_attend(self, query: jax.Array) -> jax.Array:
+        """`attend` over the vocabulary padded with zero rows to a multiple of LOGITS_PAD_MULTIPLE: (..., D) ->
+        (..., V'); the columns past `num_embeddings` are not classes (pass `num_classes` to the loss)."""
+        vocab = self.num_embeddings
+        padded = -(-vocab // LOGITS_PAD_MULTIPLE) * LOGITS_PAD_MULTIPLE
+        if padded == vocab:
+            return self.attend(query)
+        (query, table) = self.promote_dtype((query, self.embedding[...]), dtype=self.dtype)
+        return jnp.dot(query, jnp.pad(table, [(0, padded - vocab), (0, 0)]).T)
+
 
 class PositionEmbedding(nnx.Module):
     """Learned absolute positions added to (B, T, D) inputs."""

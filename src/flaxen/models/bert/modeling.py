@@ -9,12 +9,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flaxen.core import Activation, PositionEmbedding, TransformerConfig, TransformerStack, as_rngs, masks
+from flaxen.core import Activation, Embed, PositionEmbedding, TransformerConfig, TransformerStack, as_rngs, masks
 from flaxen.core.blocks import layer_norm
 from flaxen.core.linear import Linear
 from flaxen.core.losses import loss_and_metrics, position_weights
 from flaxen.core.mlm import mask_tokens
-from flaxen.core.validation import check_same_shape, check_token_ids
+from flaxen.core.validation import check_right_padded, check_same_shape, check_token_ids
 from flaxen.hf import PretrainedMixin
 from flaxen.models.bert import params
 
@@ -90,11 +90,9 @@ class Bert(PretrainedMixin, nnx.Module):
     def __init__(self, config: BertConfig, *, add_pooler: bool = True, rngs: nnx.Rngs):
         self.config = config
         init, dtype, width = config.weight_init(), config.compute_dtype, config.hidden_size
-        self.token_embedding = nnx.Embed(config.vocab_size, width, embedding_init=init, dtype=dtype, rngs=rngs)
+        self.token_embedding = Embed(config.vocab_size, width, embedding_init=init, dtype=dtype, rngs=rngs)
         self.position_embedding = PositionEmbedding(config.max_positions, width, init=init, rngs=rngs)
-        self.token_type_embedding = nnx.Embed(
-            config.type_vocab_size, width, embedding_init=init, dtype=dtype, rngs=rngs
-        )
+        self.token_type_embedding = Embed(config.type_vocab_size, width, embedding_init=init, dtype=dtype, rngs=rngs)
         self.embedding_norm = layer_norm(config, rngs=rngs)
         self.dropout = nnx.Dropout(config.dropout)
         self.stack = TransformerStack(config, norm_first=False, kernel_init=init, out_kernel_init=init, rngs=rngs)
@@ -118,6 +116,7 @@ class Bert(PretrainedMixin, nnx.Module):
         check_token_ids(token_ids, vocab_size=self.config.vocab_size, context_length=self.config.max_positions)
         check_same_shape("padding_mask", padding_mask, "token_ids", token_ids)
         check_same_shape("token_type_ids", token_type_ids, "token_ids", token_ids)
+        check_right_padded(padding_mask)
         rngs = as_rngs(rngs)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(token_ids)
@@ -145,7 +144,7 @@ class MaskedLMHead(nnx.Module):
         self.norm = layer_norm(config, rngs=rngs)
         self.bias = nnx.Param(jnp.zeros((config.vocab_size,), jnp.float32))
 
-    def __call__(self, hidden: jax.Array, token_embedding: nnx.Embed, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+    def __call__(self, hidden: jax.Array, token_embedding: Embed, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         hidden = self.norm(self.activation(self.transform(hidden), rngs=rngs))
         logits = token_embedding.attend(hidden)
         return logits + self.bias[...].astype(logits.dtype)

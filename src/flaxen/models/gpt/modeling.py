@@ -10,12 +10,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flaxen.core import PositionEmbedding, TransformerConfig, TransformerStack, as_rngs, masks
+from flaxen.core import Embed, PositionEmbedding, TransformerConfig, TransformerStack, as_rngs, masks
 from flaxen.core.blocks import layer_norm
 from flaxen.core.kv_cache import KVCache
 from flaxen.core.linear import Linear
 from flaxen.core.losses import loss_and_metrics, position_weights
-from flaxen.core.validation import check_same_shape, check_token_ids
+from flaxen.core.validation import check_right_padded, check_same_shape, check_token_ids
 from flaxen.hf import PretrainedMixin
 from flaxen.models.gpt import params
 
@@ -105,7 +105,7 @@ class GPT(PretrainedMixin, nnx.Module):
         # nanoGPT / GPT-2: residual projections scaled so the residual stream's variance does not grow with depth.
         residual_init = config.weight_init(scale=1 / math.sqrt(2 * config.num_layers))
         width = config.hidden_size
-        self.token_embedding = nnx.Embed(
+        self.token_embedding = Embed(
             config.vocab_size, width, embedding_init=init, dtype=config.compute_dtype, rngs=rngs
         )
         self.position_embedding = PositionEmbedding(config.context_length, width, init=init, rngs=rngs)
@@ -129,6 +129,7 @@ class GPT(PretrainedMixin, nnx.Module):
         `output_positions` (a slice, or (B, P) indices): the last layer computes only those rows, (B, P, D).
         """
         check_same_shape("padding_mask", padding_mask, "token_ids", token_ids)
+        check_right_padded(padding_mask)
         rngs = as_rngs(rngs)
         x = self.dropout(self._embed(token_ids), rngs=rngs)
         mask = None if padding_mask is None else masks.padding(padding_mask)
@@ -194,8 +195,9 @@ class GPTForCausalLM(PretrainedMixin, nnx.Module):
         padding_mask = batch.get("padding_mask")
         inputs, targets = token_ids[:, :-1], token_ids[:, 1:]
         weights = position_weights(batch, padding_mask=None if padding_mask is None else padding_mask[:, 1:])
-        logits = self(inputs, None if padding_mask is None else padding_mask[:, :-1], rngs=rngs)
-        return loss_and_metrics(logits, targets, weights)
+        hidden = self.gpt(inputs, None if padding_mask is None else padding_mask[:, :-1], rngs=rngs)
+        logits = self.gpt.token_embedding.padded_attend(hidden)
+        return loss_and_metrics(logits, targets, weights, num_classes=self.config.vocab_size)
 
 
 class GPTForSequenceClassification(PretrainedMixin, nnx.Module):
