@@ -125,7 +125,9 @@ def test_language_model_scores_equal_its_own_loss_and_cover_every_token():
     score = scorer.score(short)
     np.testing.assert_allclose(score["loss"], float(loss), rtol=1e-5)
     assert score["tokens"] == ids.shape[1] - 1 and score["characters"] == len(short)
-    np.testing.assert_allclose(score["bits_per_character"], float(loss) * score["tokens"] / np.log(2) / len(short))
+    np.testing.assert_allclose(
+        score["bits_per_character"], float(loss) * score["tokens"] / np.log(2) / len(short), rtol=1e-6
+    )  # float32: the loss and the scorer sum the same terms in their own order
 
     long = " ".join(sentences(3, 2))  # several windows of 16: each token after the first predicted once
     ids = tokenizer.encode(long, add_special_tokens=False).ids

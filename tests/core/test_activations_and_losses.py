@@ -123,3 +123,50 @@ def test_soft_targets_give_the_integer_loss_when_one_hot_and_leave_accuracy_to_t
     expected = -(np.asarray(smoothed) * log_probs).sum(axis=1)
     np.testing.assert_allclose(loss, (expected * np.asarray(weights)).sum() / 4, rtol=1e-5)
     assert metrics["accuracy"] == soft_metrics["accuracy"] == hard_metrics["accuracy"]
+
+
+@pytest.mark.parametrize("fused", [False, True])  # autodiff's gradient (CPU) and the hand-written one (GPU)
+def test_cross_entropy_and_its_gradient_equal_optax_and_autodiff(fused, monkeypatch):
+    import optax
+
+    from flaxen.core import losses
+
+    monkeypatch.setattr(losses, "FUSED_LOSS_BACKENDS", (jax.default_backend(),) if fused else ())
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(3, 5, 40)) * 4, jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 40, (3, 5)), jnp.int32)
+    probe = jnp.asarray(rng.normal(size=(3, 5)), jnp.float32)
+    reference = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    np.testing.assert_allclose(losses.scored_labels(logits, labels, 40)[0], reference, rtol=1e-6, atol=1e-6)
+    ours = jax.grad(lambda z: jnp.sum(losses.scored_labels(z, labels, 40)[0] * probe))(logits)
+    theirs = jax.grad(lambda z: jnp.sum(optax.softmax_cross_entropy_with_integer_labels(z, labels) * probe))(logits)
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
+    # bf16 logits (a 16-bit LM head): the loss in float32, the gradient back in bf16
+    low = logits.astype(jnp.bfloat16)
+    grad = jax.grad(lambda z: jnp.sum(losses.scored_labels(z, labels, 40)[0]))(low)
+    expected = jax.grad(lambda z: jnp.sum(optax.softmax_cross_entropy_with_integer_labels(z, labels)))(
+        low.astype(jnp.float32)
+    )
+    assert grad.dtype == jnp.bfloat16
+    np.testing.assert_allclose(grad.astype(jnp.float32), expected, atol=4e-3)
+    accuracy = losses.accuracy(logits, labels)
+    np.testing.assert_allclose(accuracy, np.mean(np.argmax(logits, -1) == np.asarray(labels)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_columns_past_num_classes_are_never_predicted_nor_given_gradient(fused, monkeypatch):
+    from flaxen.core import losses
+    from flaxen.core.losses import accuracy, loss_and_metrics
+
+    monkeypatch.setattr(losses, "FUSED_LOSS_BACKENDS", (jax.default_backend(),) if fused else ())
+    rng = np.random.default_rng(1)
+    logits = jnp.asarray(rng.normal(size=(6, 7)), jnp.float32)
+    labels = jnp.asarray([0, 1, 2, 3, 4, 2], jnp.int32)
+    padded = jnp.concatenate([logits, jnp.full((6, 3), 50.0)], axis=-1)  # padding columns that would win
+    loss, metrics = loss_and_metrics(padded, labels, num_classes=7)
+    expected_loss, expected_metrics = loss_and_metrics(logits, labels)
+    np.testing.assert_allclose(loss, expected_loss, rtol=1e-6)
+    assert metrics["accuracy"] == expected_metrics["accuracy"] == accuracy(padded, labels, num_classes=7)
+    grad = jax.grad(lambda z: loss_and_metrics(z, labels, num_classes=7)[0])(padded)
+    np.testing.assert_array_equal(grad[:, 7:], 0.0)
+    np.testing.assert_allclose(grad[:, :7], jax.grad(lambda z: loss_and_metrics(z, labels)[0])(logits), atol=1e-7)
