@@ -38,6 +38,7 @@ def test_schedule_and_gradient_accumulation_from_the_shell_are_used_and_recorded
     assert main(["pretrain", "gpt", "--data", *texts, "--out", str(run), *flags, *TINY]) == 0
     recorded = json.loads((run / "run.json").read_text())["training"]
     assert recorded | {"schedule": "linear", "grad_accum": 2, "warmup": 2, "learning_rate": 1e-3} == recorded
+    assert recorded["compute_dtype"] == "float32"  # --compute-dtype auto, on this CPU
     rates = {
         r["step"]: r["learning_rate"]
         for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())

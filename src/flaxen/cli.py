@@ -199,8 +199,10 @@ def _training_arguments(parser: argparse.ArgumentParser, recipe) -> None:
     )
     parser.add_argument(
         "--compute-dtype",
-        choices=("float32", "bfloat16"),
-        help="compute precision; parameters stay float32 (default: float32)",
+        choices=("auto", "float32", "bfloat16"),
+        default="auto",
+        help="compute precision; parameters and optimizer state stay float32 "
+        "(default: auto = bfloat16 on GPU and TPU, float32 on CPU)",
     )
     parser.add_argument("--dropout", type=float, help="override the preset's dropout")
     parser.add_argument(

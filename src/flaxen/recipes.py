@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 from tokenizers import Tokenizer
 
@@ -78,7 +79,7 @@ def training_options(
     weight_decay: float = 0.01,
     eval_every: int | None = None,
     seed: int = 0,
-    compute_dtype: str | None = None,
+    compute_dtype: str | None = "auto",
     progress: bool = True,
     fsdp: int = 1,
     schedule: str = "cosine",
@@ -125,7 +126,7 @@ def training_options(
         "weight_decay": weight_decay,
         "eval_every": eval_every,
         "seed": seed,
-        "compute_dtype": compute_dtype,
+        "compute_dtype": flaxen.train.resolve_compute_dtype(compute_dtype),
         "progress": progress,
         "mesh": mesh,
         "schedule": schedule,
@@ -706,6 +707,11 @@ def default_patch_size(image_size: int) -> int:
     return max((side for side in range(1, 17) if image_size % side == 0 and image_size // side >= 4), default=1)
 
 
+def _dtype_name(dtype) -> str:
+    """run.json's record of a compute dtype: its name, or the model's own ("float32" unless its config says)."""
+    return "model" if dtype is None else jnp.dtype(dtype).name
+
+
 def _fit(
     model,
     splits: DataSplits,
@@ -736,7 +742,8 @@ def _fit(
     run_info = run_info | {
         "seed": options["seed"],
         "budget": options["budget"] | plan,
-        "training": {name: options[name] for name in TRAINING_SETTINGS} | {"mesh": dict(options["mesh"].shape)},
+        "training": {name: options[name] for name in TRAINING_SETTINGS}
+        | {"mesh": dict(options["mesh"].shape), "compute_dtype": _dtype_name(options["compute_dtype"])},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     # run.json marks the folder as a flaxen run, so a run killed at any later moment can be resumed (and a resumed

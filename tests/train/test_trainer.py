@@ -352,3 +352,13 @@ def test_the_progress_bar_counts_steps_and_shows_the_loss(tmp_path, capsys):
     make_trainer(toy_model(), tmp_path, progress=True).fit(toy_data(), steps=20)
     bar = capsys.readouterr().err
     assert "20/20" in bar and "loss=" in bar and "ex/s" in bar
+
+
+def test_auto_compute_dtype_is_bfloat16_on_accelerators_and_float32_on_cpu(monkeypatch):
+    from flaxen.train import resolve_compute_dtype
+
+    assert resolve_compute_dtype("auto") == jnp.float32  # this CPU: bf16 steps run slower here
+    assert resolve_compute_dtype(None) is None and resolve_compute_dtype("bfloat16") == jnp.bfloat16
+    for backend in ("gpu", "tpu"):
+        monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
+        assert resolve_compute_dtype("auto") == jnp.bfloat16

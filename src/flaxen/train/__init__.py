@@ -3,7 +3,7 @@
 from flaxen.runs import load_checkpoint
 from flaxen.train.optim import adamw, learning_rate_schedule
 from flaxen.train.sharding import ShardingRules, make_mesh, parameter_sharding
-from flaxen.train.trainer import Trainer, TrainingDiverged
+from flaxen.train.trainer import Trainer, TrainingDiverged, resolve_compute_dtype
 
 __all__ = [
     "ShardingRules",
@@ -14,4 +14,5 @@ __all__ = [
     "load_checkpoint",
     "make_mesh",
     "parameter_sharding",
+    "resolve_compute_dtype",
 ]

@@ -134,6 +134,10 @@ class Trainer:
     ):
         """`augment(batch, key) -> batch` is applied on the device inside the training step only (jittable).
 
+        `compute_dtype` casts the parameters and layers for the step's arithmetic (the parameters and optimizer
+        state stay float32): "bfloat16", "float32", "auto" (bfloat16 on GPU and TPU, float32 on CPU) or None (the
+        model's own).
+
         Besides the latest `keep_checkpoints`, the run keeps its best checkpoint by the validation `best_metric`
         ("loss", lowest; or "accuracy", highest), which `load_checkpoint` and `load_run` then restore.
 
@@ -168,7 +172,7 @@ class Trainer:
         self.keep_checkpoints = keep_checkpoints
         check_best_metric(best_metric)
         self.best_metric = best_metric
-        self.compute_dtype = None if compute_dtype is None else jnp.dtype(compute_dtype)
+        self.compute_dtype = resolve_compute_dtype(compute_dtype)
         self.progress = progress
         self.run_info = run_info
         self.tokenizer = tokenizer
@@ -482,6 +486,19 @@ class Trainer:
         }
 
 
+AUTO_COMPUTE_DTYPE = "auto"
+
+
+def resolve_compute_dtype(compute_dtype: str | jnp.dtype | None) -> jnp.dtype | None:
+    """A compute dtype, with "auto" resolved for this process's devices: bfloat16 on GPU and TPU (their matrix units'
+    fast type), float32 on CPU (where bfloat16 steps run slower); None stays None (no cast)."""
+    if compute_dtype is None:
+        return None
+    if isinstance(compute_dtype, str) and compute_dtype == AUTO_COMPUTE_DTYPE:
+        return jnp.dtype(jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16)
+    return jnp.dtype(compute_dtype)
+
+
 def _make_train_step(
     graphdef: nnx.GraphDef,
     optimizer: optax.GradientTransformation,
@@ -505,7 +522,7 @@ def _make_train_step(
         inputs = _cast_inputs(batch, compute_dtype)
 
         def loss_fn(params):
-            model = nnx.merge(graphdef, _cast_floats(params, compute_dtype), non_params)
+            model = nnx.merge(graphdef, params, non_params)
             loss, metrics = model.loss(inputs, rngs=as_rngs(key))
             return loss, (metrics, nnx.state(model, nnx.Not(trainable)))
 
@@ -535,7 +552,7 @@ def _make_eval_step(
     weight = number of real rows in the batch."""
 
     def eval_step(params, non_params, batch, key):
-        model = nnx.merge(graphdef, _cast_floats(params, compute_dtype), non_params)
+        model = nnx.merge(graphdef, params, non_params)
         loss, metrics = model.loss(_cast_inputs(batch, compute_dtype), rngs=as_rngs(key))
         weight = batch["weights"].sum() if "weights" in batch else len(next(iter(batch.values())))
         return _as_float32({"loss": loss, **metrics}), jnp.asarray(weight, jnp.float32)
@@ -567,8 +584,8 @@ def _split_frozen(non_params: nnx.State) -> tuple[nnx.State, nnx.State]:
 @contextlib.contextmanager
 def _layers_computing_in(model: nnx.Module, dtype) -> Iterator[None]:
     """Every layer's compute `dtype` set to `dtype` (None: left alone) while the step's graph is taken, then put
-    back. Layers promote their parameters and inputs to their own dtype, so casting the parameters alone would
-    leave a float32-configured model computing in float32."""
+    back. The parameters stay float32 in the step: each layer casts what it uses (an embedding, the rows it
+    gathers), so their gradients are summed in float32."""
     changed = []
     if dtype is not None:
         for _, module in nnx.iter_modules(model):
