@@ -1,3 +1,5 @@
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -112,3 +114,23 @@ def test_decoding_asks_for_eval_mode():
     gpt = GPTForCausalLM(GPTConfig.tiny(), rngs=nnx.Rngs(0)).gpt  # a new model is in training mode
     with pytest.raises(ValueError, match="decoding runs in eval mode"):
         gpt.decode(jnp.ones((1, 2), jnp.int32), gpt.empty_cache(1, 4), positions=jnp.arange(2)[None])
+
+
+@pytest.mark.parametrize("chunk", [1, 4])
+def test_decoding_in_rounds_gives_the_tokens_of_one_step_at_a_time(model, chunk, monkeypatch):
+    """The loop checks for the end of every row once a round; the steps it runs past the end are dropped, and a
+    request that fills the whole context never reads a position past it."""
+    generation = importlib.import_module("flaxen.generate")  # the module, not the function flaxen exports
+    rng = np.random.default_rng(3)
+    prompt = rng.integers(0, 512, (3, 5)).astype(np.int32)
+    requests = [
+        dict(max_new_tokens=11, temperature=0.0),
+        dict(max_new_tokens=10, temperature=1.0, seed=4),
+        dict(max_new_tokens=9, temperature=0.0, eos_token_id=int(uncached_greedy(model, prompt[0], 3)[2])),
+        dict(max_new_tokens=64 - 5, temperature=0.0),  # prompt + new tokens = the whole context
+    ]
+    expected = [generate_ids(model, prompt, **request) for request in requests]  # the default rounds (16 steps)
+    monkeypatch.setattr(generation, "DECODE_CHUNK", chunk)
+    for request, tokens in zip(requests, expected):
+        np.testing.assert_array_equal(generate_ids(model, prompt, **request), tokens)
+    assert (expected[2][0, 2:] == requests[2]["eos_token_id"]).all()  # row 0 ended at its third token

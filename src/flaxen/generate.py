@@ -12,6 +12,8 @@ from flax import nnx
 
 from flaxen.models.gpt import GPTForCausalLM
 
+DECODE_CHUNK = 16  # decoding steps between two checks of whether every row has ended
+
 
 def sample_next(
     logits: jax.Array, key: jax.Array, *, temperature: float, top_k: int | None, top_p: float | None
@@ -43,23 +45,29 @@ def _decode(graphdef, state, prompt_ids, prompt_mask, key, *, max_new_tokens, te
     batch, prompt_length = prompt_ids.shape
     sample = functools.partial(sample_next, temperature=temperature, top_k=top_k, top_p=top_p)
 
+    # After the first token the loop runs in rounds of `chunk` steps of known count: the compiled program checks
+    # "has every row ended?" once a round (on a GPU each check waits for the device), not once a token.
+    chunk = max(1, min(DECODE_CHUNK, max_new_tokens - 1))
+    rounds = -(-(max_new_tokens - 1) // chunk)
+    length = 1 + rounds * chunk  # the steps past max_new_tokens in the last round are computed and dropped
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
-    cache = gpt.empty_cache(batch, prompt_length + max_new_tokens)
+    cache = gpt.empty_cache(batch, prompt_length + length)
     hidden, cache = gpt.decode(prompt_ids, cache, positions=positions, padding_mask=prompt_mask)
     key, step_key = jax.random.split(key)
     first = sample(gpt.token_embedding.attend(hidden[:, -1]), step_key)  # LM head only where it is needed
     next_position = positions[:, -1] + 1
-    tokens = jnp.zeros((batch, max_new_tokens), jnp.int32).at[:, 0].set(first)
+    tokens = jnp.zeros((batch, length), jnp.int32).at[:, 0].set(first)
     done = first == eos_token_id if eos_token_id is not None else jnp.zeros((batch,), bool)
+    last_position = gpt.config.context_length - 1  # dropped steps may run past the context
 
     def keep_going(carry):
         step, _, _, _, done, _ = carry
         return (step < max_new_tokens) & ~jnp.all(done)
 
-    def decode_one(carry):
+    def decode_one(_, carry):
         step, tokens, cache, position, done, key = carry
         previous = jax.lax.dynamic_index_in_dim(tokens, step - 1, axis=1, keepdims=True)  # (B, 1)
-        hidden, cache = gpt.decode(previous, cache, positions=position[:, None])
+        hidden, cache = gpt.decode(previous, cache, positions=jnp.minimum(position, last_position)[:, None])
         key, step_key = jax.random.split(key)
         token = sample(gpt.token_embedding.attend(hidden[:, 0]), step_key)
         if eos_token_id is not None:
@@ -68,9 +76,13 @@ def _decode(graphdef, state, prompt_ids, prompt_mask, key, *, max_new_tokens, te
         tokens = jax.lax.dynamic_update_index_in_dim(tokens, token, step, axis=1)
         return step + 1, tokens, cache, position + 1, done, key
 
+    def decode_round(carry):
+        return jax.lax.fori_loop(0, chunk, decode_one, carry)
+
     step, tokens, *_ = jax.lax.while_loop(
-        keep_going, decode_one, (jnp.int32(1), tokens, cache, next_position, done, key)
+        keep_going, decode_round, (jnp.int32(1), tokens, cache, next_position, done, key)
     )
+    tokens = tokens[:, :max_new_tokens]
     if eos_token_id is not None:  # positions never reached after every row stopped
         tokens = jnp.where(jnp.arange(max_new_tokens)[None, :] < step, tokens, eos_token_id)
     return tokens
