@@ -77,7 +77,7 @@ LEVERS: dict[str, dict[str, Any]] = {
     "xla_attention": {"config": {"attention_implementation": "xla"}},
     "cudnn_even": {"constants": {"flaxen.core.attention.CUDNN_LENGTH_MULTIPLE": 2}},
     "cudnn_pad64": {"constants": {"flaxen.core.attention.CUDNN_LENGTH_MULTIPLE": 64}},
-    "unpadded_logits": {"constants": {"flaxen.core.embeddings.LOGITS_PAD_MULTIPLE": 1}},
+    "unpadded_logits": {"constants": {"flaxen.core.embeddings.LOGITS_PAD_MULTIPLE": {}}},
     "scatter_token_types": {"constants": {"flaxen.core.embeddings.ONE_HOT_MAX_ROWS": 0}},
     "float32": {"compute_dtype": "float32"},
     "scan_remat": {"config": {"scan_layers": True, "remat": True}},

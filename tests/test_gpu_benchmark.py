@@ -63,7 +63,7 @@ def test_cases_run_in_priority_order_with_levers_merged(gpu_bench):
     ]
     _, task, implementation, settings = gpu_bench.split_case("gpt-16x1024/flaxen+unpadded_logits+command_buffers")
     assert (task.kind, implementation) == ("gpt", "flaxen")
-    assert settings["constants"] == {"flaxen.core.embeddings.LOGITS_PAD_MULTIPLE": 1}
+    assert settings["constants"] == {"flaxen.core.embeddings.LOGITS_PAD_MULTIPLE": {}}
     assert settings["xla_flags"].startswith("--xla_gpu_enable_command_buffer=")
     with pytest.raises(SystemExit, match="unknown lever"):
         gpu_bench.split_case("gpt-16x1024/flaxen+faster")

@@ -10,9 +10,10 @@ from flax import nnx
 from flaxen.core.linear import Linear
 
 ONE_HOT_MAX_ROWS = 16  # tables up to this many rows (token types) are read by a one-hot matmul, not a gather
-# Training logits span the vocabulary rounded up to this multiple (the loss ignores the extra columns): matmul
-# dimensions that tile evenly, instead of a 50,257-wide output the compiler pads and slices on every step.
-LOGITS_PAD_MULTIPLE = 128
+# Training logits span the vocabulary rounded up to this multiple, per backend (the loss ignores the extra
+# columns): on a GPU, matmul dimensions that tile evenly instead of a 50,257-wide output the compiler pads and
+# slices every step; elsewhere no padding (nothing to gain, and the float rounding stays that of the plain head).
+LOGITS_PAD_MULTIPLE = {"gpu": 128}
 
 
 class Embed(nnx.Embed):
@@ -34,10 +35,10 @@ class Embed(nnx.Embed):
         return rows.astype(self.dtype or table.dtype)
 
     def padded_attend(self, query: jax.Array) -> jax.Array:
-        """`attend` over the vocabulary padded with zero rows to a multiple of LOGITS_PAD_MULTIPLE: (..., D) ->
+        """`attend` over the vocabulary padded with zero rows to this backend's LOGITS_PAD_MULTIPLE: (..., D) ->
         (..., V'); the columns past `num_embeddings` are not classes (pass `num_classes` to the loss)."""
-        vocab = self.num_embeddings
-        padded = -(-vocab // LOGITS_PAD_MULTIPLE) * LOGITS_PAD_MULTIPLE
+        vocab, multiple = self.num_embeddings, LOGITS_PAD_MULTIPLE.get(jax.default_backend(), 1)
+        padded = -(-vocab // multiple) * multiple
         if padded == vocab:
             return self.attend(query)
         (query, table) = self.promote_dtype((query, self.embedding[...]), dtype=self.dtype)
