@@ -9,6 +9,7 @@ from pathlib import Path
 from flax import nnx
 
 from flaxen.hf import CONFIG_FILE, read_config_file
+from flaxen.hf.load import MODEL_CLASS_KEY
 from flaxen.hf.save import PREPROCESSOR_FILE, preprocessor_config
 from flaxen.models import DEFAULT_MODEL_CLASS, MODEL_CLASSES, model_class_named
 from flaxen.runs import is_run_folder, load_run, read_run_file
@@ -27,7 +28,9 @@ def model_class_for(folder: str | Path, model_class: str | None = None) -> type:
             f"{folder} has no {CONFIG_FILE}; give a Hugging Face model folder or a flaxen run/model folder"
         )
     config = read_config_file(folder)
-    if "config_class" in config:
+    if MODEL_CLASS_KEY in config:  # a flaxen model folder names its class
+        return model_class_named(config[MODEL_CLASS_KEY])
+    if "config_class" in config:  # written before folders named their class
         return DEFAULT_MODEL_CLASS[config["config_class"]]
     architectures = config.get("architectures") or []
     for cls in MODEL_CLASSES.values():

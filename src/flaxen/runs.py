@@ -26,7 +26,7 @@ from safetensors.numpy import save_file
 from flaxen import lora
 from flaxen.distributed import is_main_process
 from flaxen.hf import CONFIG_FILE, WEIGHTS_FILE
-from flaxen.hf.save import flaxen_params, named_arrays, write_flaxen_weights
+from flaxen.hf.save import flaxen_config_json, flaxen_params, named_arrays, write_flaxen_weights
 from flaxen.hf.table import dotted
 from flaxen.models import CONFIG_CLASSES, model_class_named
 from flaxen.text.tokenizer import TOKENIZER_FILE, load_tokenizer
@@ -76,7 +76,7 @@ def write_run_files(model: nnx.Module, folder: Path, run_info: dict[str, Any] | 
     if lora.has_lora(model):
         run["lora"] = {"rank": lora.lora_rank(model), "layers": lora.adapted_layers(model)}
     write_atomically(folder / RUN_FILE, json.dumps(run, indent=2) + "\n")
-    write_atomically(folder / CONFIG_FILE, model.config.to_json() + "\n")
+    write_atomically(folder / CONFIG_FILE, flaxen_config_json(model) + "\n")
 
 
 def write_weights(model: nnx.Module, folder: Path) -> Path:
@@ -232,6 +232,7 @@ def check_resumable(model: nnx.Module, folder: Path) -> None:
         return
     saved = json.loads(config_file.read_text())
     saved.pop("config_class", None)  # the model class was checked above
+    saved.pop("model_class", None)
     current = model.config.to_dict()
     if "label_names" in current:  # runs before 0.2 kept their label names in run.json only
         saved.setdefault("label_names", current["label_names"])

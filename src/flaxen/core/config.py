@@ -63,6 +63,7 @@ class ConfigMixin:
         if not text.lstrip().startswith("{"):
             text = Path(text_or_path).read_text()
         values = json.loads(text)
+        values.pop("model_class", None)  # a model folder's record of its head, not a config field
         written_by = values.pop("config_class", cls.__name__)
         if written_by != cls.__name__:
             raise ValueError(f"this JSON holds a {written_by}, not a {cls.__name__}")

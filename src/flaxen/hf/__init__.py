@@ -6,7 +6,6 @@ inherit `PretrainedMixin`.
 
 from flaxen.hf.load import CONFIG_FILE, WEIGHTS_FILE, read_config_file
 from flaxen.hf.pretrained import PretrainedMixin
-from flaxen.hf.save import save_flaxen_weights
 from flaxen.hf.table import ENCODER_CONFIG_KEYS, IDENTITY, TRANSPOSE, ParamsTable, Transform, separate_qkv
 
 __all__ = [
@@ -18,7 +17,6 @@ __all__ = [
     "ParamsTable",
     "PretrainedMixin",
     "Transform",
-    "save_flaxen_weights",
     "read_config_file",
     "separate_qkv",
 ]

@@ -24,6 +24,7 @@ from flaxen.hf.table import ParamsTable, activation_from_hf, backbone_prefix, de
 from flaxen.text.tokenizer import TOKENIZER_FILE, VOCAB_FILE, load_tokenizer
 
 CONFIG_FILE = "config.json"
+MODEL_CLASS_KEY = "model_class"  # in a flaxen folder's config.json: the class (head) whose weights the folder holds
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 BIN_ONLY_MESSAGE = (
@@ -127,6 +128,7 @@ def _read_folder(
     weight_files = _weight_files(folder)
     if "config_class" in saved_config:  # written by save_pretrained(format="flaxen")
         written_by = saved_config.pop("config_class")
+        saved_config.pop(MODEL_CLASS_KEY, None)  # any class of the family may load the folder (a head's backbone)
         if written_by != config_class.__name__:
             raise ValueError(
                 f"{folder} holds a flaxen {written_by} model; {cls.__name__} needs a {config_class.__name__} folder"

@@ -13,7 +13,7 @@ from safetensors.numpy import save_file
 
 from flaxen import lora
 from flaxen.distributed import fully_on_host
-from flaxen.hf.load import CONFIG_FILE, WEIGHTS_FILE
+from flaxen.hf.load import CONFIG_FILE, MODEL_CLASS_KEY, WEIGHTS_FILE
 from flaxen.hf.table import activation_to_hf, backbone_prefix, default_label_names, dotted
 
 FORMATS = ("hf", "flaxen")
@@ -26,7 +26,7 @@ def save_pretrained(model: nnx.Module, folder: Path, format: str) -> Path:
         raise ValueError(f"unknown format {format!r}; use 'hf' (Hugging Face layout) or 'flaxen'")
     params = flaxen_params(model)
     if format == "flaxen":
-        tensors, config_text = params, model.config.to_json()
+        tensors, config_text = params, flaxen_config_json(model)
     else:
         tensors, hf_config = _to_hf(model, params)
         config_text = json.dumps(hf_config, indent=2)
@@ -36,9 +36,11 @@ def save_pretrained(model: nnx.Module, folder: Path, format: str) -> Path:
     return folder
 
 
-def save_flaxen_weights(model: nnx.Module, file: Path) -> None:
-    """The model's parameters under flaxen's names in one safetensors file (no config.json)."""
-    write_flaxen_weights(flaxen_params(model), file)
+def flaxen_config_json(model: nnx.Module) -> str:
+    """A flaxen folder's config.json: the config, and which model class (head) the folder holds."""
+    config = json.loads(model.config.to_json())
+    named = {"config_class": config.pop("config_class"), MODEL_CLASS_KEY: type(model).__name__}
+    return json.dumps(named | config, indent=2)
 
 
 def write_flaxen_weights(params: dict[str, np.ndarray], file: Path) -> None:

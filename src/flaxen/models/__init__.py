@@ -22,7 +22,7 @@ MODEL_CLASSES = {
     )
 }
 CONFIG_CLASSES = {cls.__name__: cls for cls in (GPTConfig, BertConfig, ViTConfig)}
-# A flaxen model folder records only its config; these are the classes its weights most often belong to.
+# Flaxen model folders written before they named their model class: the class their weights most often belong to.
 DEFAULT_MODEL_CLASS = {
     "GPTConfig": GPTForCausalLM,
     "BertConfig": BertForMaskedLM,
