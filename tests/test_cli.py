@@ -464,3 +464,51 @@ def test_eval_equals_an_independent_computation_on_the_validation_split(workspac
     nll = log_z - logits[np.arange(len(logits)), split["labels"]]
     assert reported["loss"] == pytest.approx(nll.mean(), rel=1e-5)
     assert reported["accuracy"] == pytest.approx(np.mean(logits.argmax(1) == split["labels"]))
+
+
+def test_the_readme_python_classifiers_lead_into_pipelines_and_exports(tmp_path):
+    """The README's Python journeys 2 and 3 (smaller): a run trained from Python records what its data taught it
+    (label names, pixel statistics), so pipelines and `flaxen convert` label and normalise as training did."""
+    import subprocess
+    import sys
+
+    from flax import nnx
+
+    import flaxen
+
+    rng = np.random.default_rng(0)
+    table = tmp_path / "tweets.csv"
+    words = {"negative": ["awful", "sad", "bad"], "positive": ["lovely", "happy", "good"]}
+    rows = [(" ".join(rng.choice(words[label], 4)), label) for label in ("negative", "positive") * 20]
+    table.write_text("text,sentiment\n" + "".join(f"{text},{label}\n" for text, label in rows))
+    tok = flaxen.text.train_wordpiece([str(table)], vocab_size=120)
+    tweets = flaxen.data.text_classification(
+        table, tok, text_column="text", label_column="sentiment", labels=["negative", "positive"], max_length=16
+    )
+    clf = flaxen.BertForSequenceClassification(
+        flaxen.BertConfig.tiny(vocab_size=tok.get_vocab_size()), rngs=nnx.Rngs(0)
+    )
+    flaxen.Trainer(
+        clf, flaxen.train.adamw(1e-3), tmp_path / "sentiment", tokenizer=tok, batch_size=4, progress=False
+    ).fit(tweets, steps=2)
+    prediction = flaxen.pipeline("text-classification", tmp_path / "sentiment")("what a lovely day")
+    assert set(prediction["scores"]) == {"negative", "positive"} and prediction["label"] in prediction["scores"]
+    flaxen.convert.convert(tmp_path / "sentiment", tmp_path / "export")
+    hf_config = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert hf_config["id2label"] == {"0": "negative", "1": "positive"}
+
+    images, labels = flaxen.data.mnist_arrays()
+    data = flaxen.data.image_classification(images[::50], labels[::50])
+    vit = flaxen.ViTForImageClassification(
+        flaxen.ViTConfig.from_variant("Ti/7", image_size=28, channels=1, num_labels=10, num_layers=1), rngs=nnx.Rngs(0)
+    )
+    flaxen.Trainer(vit, flaxen.train.adamw(1e-3), tmp_path / "vit", batch_size=8, progress=False).fit(data, steps=2)
+    run = json.loads((tmp_path / "vit" / "run.json").read_text())
+    assert len(run["mean"]) == len(run["std"]) == 1 and run["label_names"] == [str(d) for d in range(10)]
+    labelled = flaxen.pipeline(model=tmp_path / "vit")([images[0], images[1][:, :, None]])
+    assert all(row["label"] in run["label_names"] for row in labelled)  # a grey (H, W) and an (H, W, 1) image
+    assert all(abs(sum(row["scores"].values()) - 1) < 1e-5 for row in labelled)
+
+    check = "import flaxen; print(flaxen.evaluation.evaluate_held_out.__name__)"  # after a plain `import flaxen`
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "evaluate_held_out", done.stderr[-500:]

@@ -12,7 +12,7 @@ from flaxen.models.gpt import GPT, GPTConfig, GPTForCausalLM, GPTForSequenceClas
 from flaxen.models.vit import ViT, ViTConfig, ViTForImageClassification
 
 if TYPE_CHECKING:
-    from flaxen import data, lora, text, train
+    from flaxen import data, evaluation, lora, text, train
     from flaxen.predict import pipeline
     from flaxen.train import Trainer
 
@@ -22,6 +22,7 @@ __all__ = [
     "GPT",
     "Bert",
     "data",
+    "evaluation",
     "runtime",
     "generate",
     "generate_ids",
@@ -48,6 +49,7 @@ _LAZY = {
     "text": ("flaxen.text", None),
     "train": ("flaxen.train", None),
     "lora": ("flaxen.lora", None),
+    "evaluation": ("flaxen.evaluation", None),
     "Trainer": ("flaxen.train", "Trainer"),
     "pipeline": ("flaxen.predict", "pipeline"),
 }

@@ -274,7 +274,7 @@ class Trainer:
         with checkpoint_manager(
             checkpoint_dir, keep=self.keep_checkpoints, track_best=track_best, best_metric=self.best_metric
         ) as manager:
-            state, position = self._starting_state(manager, resume, overwrite, metrics_path)
+            state, position = self._starting_state(manager, resume, overwrite, metrics_path, data)
             barrier("flaxen-trainer-started")  # metrics.jsonl is this run's before any process reads it
             patience = _Patience(self.best_metric, self.early_stopping, read_validation_scores(metrics_path))
             try:
@@ -290,7 +290,7 @@ class Trainer:
         return final
 
     def _starting_state(
-        self, manager: ocp.CheckpointManager, resume: bool, overwrite: bool, metrics_path: Path
+        self, manager: ocp.CheckpointManager, resume: bool, overwrite: bool, metrics_path: Path, data: Splits
     ) -> tuple[_TrainState, _RunPosition]:
         """Fresh state, or the latest checkpoint's with `resume`; refuses to start over saved checkpoints."""
         latest = manager.latest_step()
@@ -321,7 +321,10 @@ class Trainer:
                 drop_records_after(metrics_path, latest)
             self._save_tokenizer()
             return state, _RunPosition(latest, progress["seed"], progress["elapsed"], progress.get("data"))
-        write_run_files(self.model, self.out_dir, (self.run_info or {}) | {"best_metric": self.best_metric})
+        data_info = dict(getattr(data, "info", None) or {})  # what the dataset learned: labels, image statistics, ...
+        _name_the_classes(self.model, data_info.get("label_names"))
+        run_info = data_info | (self.run_info or {}) | {"best_metric": self.best_metric}
+        write_run_files(self.model, self.out_dir, run_info)
         frozen, _ = _split_frozen(non_params)
         if jax.tree.leaves(frozen):
             write_frozen_parameters(frozen, self.out_dir)
@@ -563,6 +566,15 @@ def _make_eval_step(
         in_shardings=(state_sharding.params, state_sharding.non_params, batch_sharding, whole),
         out_shardings=whole,
     )
+
+
+def _name_the_classes(model: nnx.Module, label_names) -> None:
+    """A classifier whose config names no classes takes the dataset's names (same count), so its run and exports
+    label predictions with them."""
+    config = getattr(model, "config", None)
+    if not label_names or getattr(config, "label_names", None) != () or config.num_labels != len(label_names):
+        return
+    model.config = config.replace(label_names=tuple(map(str, label_names)))
 
 
 def _run_keys(seed: int, mesh: Mesh) -> tuple[jax.Array, jax.Array]:
