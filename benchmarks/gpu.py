@@ -352,7 +352,6 @@ def apply_lever(lever: dict[str, Any]) -> None:
         setattr(owner, attribute, getattr(*resolve(source)))
 
 
-
 def jax_peak_bytes() -> int | None:
     import jax
 

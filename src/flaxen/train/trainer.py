@@ -134,9 +134,9 @@ class Trainer:
     ):
         """`augment(batch, key) -> batch` is applied on the device inside the training step only (jittable).
 
-        `compute_dtype` casts the parameters and layers for the step's arithmetic (the parameters and optimizer
-        state stay float32): "bfloat16", "float32", "auto" (bfloat16 on GPU and TPU, float32 on CPU) or None (the
-        model's own).
+        `compute_dtype` sets the layers' arithmetic dtype; each layer casts the parameters it uses, which stay
+        float32 with the optimizer state: "bfloat16", "float32", "auto" (bfloat16 on GPU and TPU, float32 on CPU)
+        or None (the model's own).
 
         Besides the latest `keep_checkpoints`, the run keeps its best checkpoint by the validation `best_metric`
         ("loss", lowest; or "accuracy", highest), which `load_checkpoint` and `load_run` then restore.
