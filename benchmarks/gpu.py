@@ -205,7 +205,7 @@ def emit(row: dict[str, Any], args) -> dict[str, Any]:
     if row.get("case", "").startswith("ceilings") and "matmul_tflops" in row:
         CEILINGS.update(matmul_tflops=row["matmul_tflops"], copy_gbps=row["copy_gbps"])
     if "model_tflops" in row and CEILINGS:
-        row["mfu"] = round(row["model_tflops"] / CEILINGS["matmul_tflops"], 3)
+        row["mfu"] = float(f"{row['model_tflops'] / CEILINGS['matmul_tflops']:.3g}")  # tiny CPU runs are far below 1e-3
     if "ceiling_weight_bytes" in row and CEILINGS:
         seconds_per_token = row["ceiling_weight_bytes"] / (CEILINGS["copy_gbps"] * 1e9)
         row["ceiling_tokens_per_s"] = {b: round(int(b) / seconds_per_token) for b in row["tokens_per_s"]}
@@ -300,7 +300,7 @@ def run_case(args) -> dict[str, Any]:
         "unit": unit,
         "rate": round(items / step_s, 1),
         "step_ms": round(step_s * 1e3, 2),
-        "model_tflops": round(flops / step_s / 1e12, 3),
+        "model_tflops": float(f"{flops / step_s / 1e12:.4g}"),
         "model_tflop_per_step": round(flops / 1e12, 4),
         "batch": batch,
         "length": length,
