@@ -735,8 +735,8 @@ def flaxen_learning_rate(recipe, run_info: dict[str, Any]) -> float:
         return recorded
     if recipe.default("learning_rate") is not None:
         return recipe.default("learning_rate")
-    # finetune-bert decides at run time (flaxen.recipes.finetune_bert): its pretrained rate with --from, else 1e-4.
-    return recipes.PRETRAINED_LEARNING_RATE if run_info.get("start_from") else 1e-4
+    # finetune-bert decides at run time (flaxen.recipes.finetune_bert): its pretrained rate with --from, else fresh.
+    return recipes.PRETRAINED_LEARNING_RATE if run_info.get("start_from") else recipes.FRESH_LEARNING_RATE
 
 
 def reference_run(journey: str, data: Data, out_dir: Path) -> Path:

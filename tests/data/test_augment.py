@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flaxen.data import mix_images, one_hot_targets, random_affine
+from flaxen.data import mix_images, one_hot_targets, random_affine, random_resized_crop
 
 
 def images(batch=8, side=12, channels=1, seed=0):
@@ -94,3 +94,25 @@ def test_cutmix_pastes_a_box_and_both_alphas_zero_change_nothing():
     unchanged = mix_images(batch, targets, jax.random.key(1), mixup_alpha=0.0, cutmix_alpha=0.0)
     np.testing.assert_array_equal(unchanged[0], batch)
     np.testing.assert_array_equal(unchanged[1], targets)
+
+
+def test_a_resized_crop_of_the_whole_image_is_the_image_or_its_mirror():
+    original = images(batch=64, channels=3)
+    whole = dict(scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    unflipped = random_resized_crop(original, jax.random.key(0), flip=False, **whole)
+    np.testing.assert_allclose(unflipped, original, atol=1e-5)
+    results = np.asarray(random_resized_crop(original, jax.random.key(1), **whole))
+    flipped = [np.allclose(result, image[:, ::-1], atol=1e-5) for result, image in zip(results, np.asarray(original))]
+    same = [np.allclose(result, image, atol=1e-5) for result, image in zip(results, np.asarray(original))]
+    assert all(f != s for f, s in zip(flipped, same)) and 16 < sum(flipped) < 48
+
+
+def test_a_quarter_area_square_crop_is_stretched_to_twice_its_side():
+    ramp = jnp.broadcast_to(jnp.arange(16, dtype=jnp.float32)[None, :, None], (16, 16, 1))  # columns hold their index
+    crops = np.asarray(random_resized_crop(jnp.stack([ramp] * 8), jax.random.key(2), scale=(0.25, 0.25), ratio=(1, 1)))
+    for crop in crops[..., 0]:
+        steps = np.diff(crop, axis=1)
+        np.testing.assert_allclose(np.abs(steps[:, 1:-1]), 0.5, atol=1e-5)  # 8 columns spread over 16
+        np.testing.assert_allclose(np.ptp(crop, axis=1), 7.5, atol=0.26)  # minus at most half a pixel of edge clipping
+        np.testing.assert_allclose(crop, np.broadcast_to(crop[0], crop.shape), atol=1e-6)  # rows stay equal
+        assert 0 <= crop.min() and crop.max() <= 15

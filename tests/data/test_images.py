@@ -1,7 +1,10 @@
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from PIL import Image
 
 from flaxen.data import ArrayDataset, augment_images, image_classification, image_folder, normalize_images
@@ -90,11 +93,18 @@ def test_image_folder_reads_class_subfolders(tmp_path):
         assert np.all((brightness > 0) == (split["labels"] == 1))  # dogs are the bright ones
 
 
-def test_image_folder_names_a_file_with_other_channels(tmp_path):
+def test_a_colour_image_among_grey_ones_makes_the_folder_colour(tmp_path):
     root = write_image_folder(tmp_path / "pets")
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8), mode="RGB").save(root / "dog" / "odd.png")
-    with pytest.raises(ValueError, match=r"dog/odd\.png is \(8, 8, 3\) uint8 but .*cat/0\.png is \(8, 8, 1\)"):
-        image_folder(root)
+    colour = np.zeros((8, 8, 3), np.uint8)
+    colour[..., 0] = 200
+    Image.fromarray(colour, mode="RGB").save(root / "dog" / "odd.png")
+    splits = image_folder(root, validation_fraction=0, lazy=True)
+    assert splits.info["image_shape"] == [8, 8, 3]
+    files = [str(file) for file in splits.train.files]
+    pixels = splits.train.read(np.arange(len(files)))["images"] * splits.info["std"] + splits.info["mean"]
+    np.testing.assert_allclose(pixels[files.index(str(root / "dog" / "odd.png"))], colour / 255, atol=1e-6)
+    grey = pixels[files.index(str(root / "cat" / "0.png"))]
+    np.testing.assert_allclose(grey, np.full((8, 8, 3), 10 / 255), atol=1e-6)  # one grey level in every channel
 
 
 def test_image_folder_errors(tmp_path):
@@ -204,8 +214,64 @@ def test_large_folders_are_read_lazily_with_statistics_from_a_sample(varied_fold
 
 def test_a_lazily_read_folder_checks_every_header_up_front(varied_folder):
     Image.fromarray(np.zeros((6, 7, 3), np.uint8)).save(varied_folder / "cow" / "wide.png")
-    with pytest.raises(ValueError, match=r"cow/wide\.png is 7×6 RGB but .*ant/0\.png is 6×6 RGB"):
+    with pytest.raises(ValueError, match=r"differ in size or are not square \(.*cow/wide\.png is 7×6\): give an image"):
         image_folder(varied_folder, lazy=True)
+    assert image_folder(varied_folder, lazy=True, image_size=6).info["image_shape"] == [6, 6, 3]
     (varied_folder / "cow" / "wide.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match=r"cannot read image .*wide\.png"):
         image_folder(varied_folder, lazy=True)
+
+
+def reference_pixels(file, size):
+    """An independent reading of a photo: PIL decodes it, numpy turns it as its EXIF says, PIL resamples the centre
+    square of the shorter side (a box in source coordinates) straight to size×size."""
+    with Image.open(file) as image:
+        orientation = image.getexif().get(0x0112)
+        pixels = np.asarray(image.convert("RGB"))
+    if orientation == 6:
+        pixels = np.rot90(pixels, k=-1)
+    height, width, _ = pixels.shape
+    side = min(height, width)
+    new_height, new_width = (size * height) // side, (size * width) // side
+    top, left = (new_height - size) // 2, (new_width - size) // 2
+    box = (left * width / new_width, top * height / new_height)
+    box += (box[0] + size * width / new_width, box[1] + size * height / new_height)
+    image = Image.fromarray(np.ascontiguousarray(pixels))
+    return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR, box=box)).astype(np.float32)
+
+
+def test_photos_of_any_size_and_mode_are_read_as_an_independent_reference(mixed_photos):
+    lazy = image_folder(mixed_photos, image_size=12, validation_fraction=0, lazy=True)
+    decoded = image_folder(mixed_photos, image_size=12, validation_fraction=0, lazy=False)
+    info = lazy.info
+    assert info["image_shape"] == [12, 12, 3] and info == decoded.info  # a colour folder: RGB
+    batch = lazy.train.read(np.arange(len(lazy.train)))
+    np.testing.assert_array_equal(batch["images"], decoded.train["images"])
+    pixels = (batch["images"] * np.asarray(info["std"]) + np.asarray(info["mean"])) * 255
+    for file, got in zip(lazy.train.files, pixels, strict=True):
+        np.testing.assert_allclose(got, reference_pixels(file, 12), atol=1.0 + 1e-3, err_msg=file)
+    rotated = pixels[list(lazy.train.files).index(str(mixed_photos / "pear" / "rotated.jpg"))]
+    assert rotated[0].mean() < 60 < 200 < rotated[-1].mean()  # turned: the gradient now runs from top to bottom
+
+
+def test_validation_and_predict_read_a_file_into_the_same_array(mixed_photos):
+    from flaxen.models.vit import ViTConfig, ViTForImageClassification
+    from flaxen.predict import ImageClassificationPipeline
+
+    splits = image_folder(mixed_photos, image_size=12, validation_fraction=0.5, lazy=True)
+    config = ViTConfig.from_preset("tiny", image_size=12, patch_size=4, channels=3, num_labels=2)
+    pipeline = ImageClassificationPipeline(
+        ViTForImageClassification(config, rngs=nnx.Rngs(0)), mean=splits.info["mean"], std=splits.info["std"]
+    )
+    validation = splits.validation.read(np.arange(len(splits.validation)))["images"]
+    for file, pixels in zip(splits.validation.files, validation, strict=True):
+        np.testing.assert_array_equal(pipeline.preprocess(Path(file)), pixels)
+
+
+def test_a_truncated_image_is_named_or_skipped(mixed_photos):
+    whole = (mixed_photos / "apple" / "0.jpg").read_bytes()
+    (mixed_photos / "apple" / "0.jpg").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match=r"cannot read image .*apple/0\.jpg"):
+        image_folder(mixed_photos, image_size=12)
+    splits = image_folder(mixed_photos, image_size=12, validation_fraction=0, skip_bad_images=True)
+    assert splits.info["skipped_images"] == [str(mixed_photos / "apple" / "0.jpg")] and len(splits.train) == 12

