@@ -82,3 +82,20 @@ def test_presets_come_from_one_table(config_class):
         assert getattr(config_class, name)() == config  # the classmethod sugar is the same preset
     with pytest.raises(ValueError, match="unknown preset 'huge'; choose one of"):
         config_class.from_preset("huge")
+
+
+def test_the_published_sizes_are_the_published_models():
+    """Stated here independently of the preset tables: GPT-2 small, BERT-base, ViT-B/16, and the CLI's defaults."""
+    from flaxen import BertConfig, GPTConfig, ViTConfig
+
+    def size(config):
+        return config.hidden_size, config.num_layers, config.num_heads, config.mlp_dim
+
+    gpt2 = GPTConfig.from_preset("gpt2")
+    assert size(gpt2) + (gpt2.vocab_size, gpt2.context_length) == (768, 12, 12, 3072, 50257, 1024)
+    bert = BertConfig.from_preset("bert_base")
+    assert size(bert) + (bert.vocab_size, bert.max_positions) == (768, 12, 12, 3072, 30522, 512)
+    vit = ViTConfig.from_variant("B/16", image_size=224)
+    assert size(vit) + (vit.patch_size,) == (768, 12, 12, 3072, 16)
+    assert size(GPTConfig.from_preset("mini")) == (128, 4, 4, 512)  # `flaxen pretrain gpt`'s default
+    assert BertConfig.from_preset("small").hidden_size == 256  # `flaxen pretrain bert`'s default

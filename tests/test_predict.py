@@ -2,6 +2,7 @@
 compilations, images of any size and channels, language-model scores, and label names carried through folders."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -125,9 +126,12 @@ def test_language_model_scores_equal_its_own_loss_and_cover_every_token():
     score = scorer.score(short)
     np.testing.assert_allclose(score["loss"], float(loss), rtol=1e-5)
     assert score["tokens"] == ids.shape[1] - 1 and score["characters"] == len(short)
-    np.testing.assert_allclose(
-        score["bits_per_character"], float(loss) * score["tokens"] / np.log(2) / len(short), rtol=1e-6
-    )  # float32: the loss and the scorer sum the same terms in their own order
+    # Bits per character from the model's next-token probabilities, in float64: -Σ log2 p(next token) / characters.
+    logits = np.asarray(model(jnp.asarray(ids)), np.float64)[0, :-1]
+    log_probabilities = logits - logits.max(-1, keepdims=True)
+    log_probabilities -= np.log(np.exp(log_probabilities).sum(-1, keepdims=True))
+    bits = -log_probabilities[np.arange(len(logits)), ids[0, 1:]].sum() / np.log(2)
+    np.testing.assert_allclose(score["bits_per_character"], bits / len(short), rtol=1e-5)
 
     long = " ".join(sentences(3, 2))  # several windows of 16: each token after the first predicted once
     ids = tokenizer.encode(long, add_special_tokens=False).ids

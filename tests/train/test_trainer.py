@@ -139,8 +139,11 @@ def test_metrics_jsonl_and_loss_curve(tmp_path):
     for record in train:
         assert {"loss", "accuracy", "grad_norm", "learning_rate", "items_per_sec", "elapsed"} <= record.keys()
         assert record["items_per_sec"] > 0
-    schedule = optax.warmup_cosine_decay_schedule(0.0, 1e-2, 5, 40, 1e-3)
-    assert train[0]["learning_rate"] == pytest.approx(float(schedule(4)))
+    # Logged with each update: the rate that update used. Linear warm-up over 5 updates, then a cosine from 1e-2 to a
+    # tenth of it at update 40.
+    assert train[0]["learning_rate"] == pytest.approx(1e-2 * 4 / 5)
+    cosine = 1e-3 + (1e-2 - 1e-3) * 0.5 * (1 + np.cos(np.pi * (9 - 5) / (40 - 5)))
+    assert train[1]["learning_rate"] == pytest.approx(cosine)
     assert {"loss", "accuracy", "elapsed"} <= validation[0].keys()
     assert (tmp_path / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "run.json").read_text()) == {"model_class": "ToyClassifier", "best_metric": "loss"}
