@@ -131,11 +131,38 @@ def test_generate_prints_the_prompt_and_new_text(workspace, capsys):
     assert len(king.strip()) > len("the king") and love.strip()  # new text after each prompt, not an echo
 
 
-@pytest.mark.parametrize("run", ["gpt", "clf", "vit"])
+@pytest.mark.parametrize("run", ["gpt", "mlm", "clf", "vit"])
 def test_eval_scores_the_run_on_its_validation_data(workspace, run, capsys):
-    assert main(["eval", "--run", str(workspace[run])]) == 0
+    from flaxen.runs import load_run
+
+    # At the training batch size: an MLM's masks are drawn per batch.
+    assert main(["eval", "--run", str(workspace[run]), "--batch-size", "4"]) == 0
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert np.isfinite(scores["loss"]) and 0.0 <= scores["accuracy"] <= 1.0
+    loaded = load_run(workspace[run])
+    assert scores["checkpoint_step"] == loaded.step == 4
+    best = [  # the run's own record of the checkpoint eval scored, written by the training loop
+        record
+        for record in map(json.loads, (workspace[run] / "metrics.jsonl").read_text().splitlines())
+        if record["split"] == "validation" and record["step"] == loaded.step
+    ]
+    assert scores["loss"] == pytest.approx(best[0]["loss"], rel=1e-5)
+    assert scores["accuracy"] == pytest.approx(best[0]["accuracy"], abs=1e-6)
+
+
+def test_eval_scores_a_masked_language_model_on_held_out_text(workspace, tmp_path, capsys):
+    from flaxen.runs import load_run
+
+    held_out = write_text(tmp_path / "held_out.txt", 900, seed=7)
+    argv = ["eval", "--run", str(workspace["mlm"]), "--data", str(held_out)]
+    reports = []
+    for _ in range(2):
+        assert main(argv) == 0
+        reports.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    assert reports[0] == reports[1]  # the masks are drawn from a fixed seed
+    tokenizer = load_run(workspace["mlm"]).tokenizer
+    tokens = len(tokenizer.encode(held_out.read_text(), add_special_tokens=False).ids) + 1  # and its [SEP]
+    assert reports[0]["examples"] == tokens // (32 - 2)  # every [CLS] block [SEP] row of the run's 32 tokens
+    assert 0 <= reports[0]["accuracy"] < 1 and 0 < reports[0]["loss"] < np.log(200)  # better than uniform
 
 
 def test_predict_labels_texts_from_flags_stdin_and_a_table(workspace, capsys, monkeypatch, tmp_path):

@@ -99,12 +99,21 @@ def evaluate_held_out(
     """Score the model in `folder` (a run, or a model folder) on held-out data it never trained on.
 
     Text classifiers take a table `data` (columns default to the run's); image classifiers a class-subfolder
-    folder `images`; language models text files `data`. A held-out label the model never had is a ValueError.
+    folder `images`; language models text files `data`: a causal one's loss, perplexity and bits per character, a
+    masked one's loss and accuracy at masked positions (MLM_EVALUATION_SEED's masks, so two calls agree) over
+    [CLS] block [SEP] rows of its run's length. A held-out label the model never had is a ValueError.
     With `write`, classifier reports go to `folder/eval-<data name>.json` and `...-confusion.png`.
     """
     folder = Path(folder)
-    predictor = pipeline(model=folder, **({} if batch_size is None else {"batch_size": batch_size}))
     recorded = recorded_data(folder)
+    if _holds_masked_language_model(folder):
+        if data is None or images is not None:
+            raise ValueError("a masked language model is evaluated on text files: pass --data FILE...")
+        files = [Path(file) for file in ([data] if isinstance(data, (str, Path)) else data)]
+        return {"data": [str(file) for file in files]} | _masked_language_model_scores(
+            folder, files, encoding=encoding or recorded.get("encoding", "utf-8"), batch_size=batch_size or 32
+        )
+    predictor = pipeline(model=folder, **({} if batch_size is None else {"batch_size": batch_size}))
     if isinstance(predictor, LanguageModelPipeline):
         if data is None or images is not None:
             raise ValueError("a language model is evaluated on text files: pass --data FILE...")
@@ -142,6 +151,34 @@ def evaluate_held_out(
             plot_confusion_matrix(report["confusion_matrix"], predictor.label_names, folder / f"{stem}-confusion.png")
         )
     return report
+
+
+MLM_EVALUATION_SEED = 0
+
+
+def _holds_masked_language_model(folder: Path) -> bool:
+    from flaxen.convert import model_class_for
+
+    try:
+        return model_class_for(folder).__name__ == "BertForMaskedLM"
+    except ValueError:  # not a model folder: the pipeline says so
+        return False
+
+
+def _masked_language_model_scores(folder: Path, files: list[Path], *, encoding: str, batch_size: int) -> dict:
+    """Masked-token loss and accuracy of the folder's BertForMaskedLM over every [CLS] block [SEP] row of `files`."""
+    from flaxen.convert import load_folder
+    from flaxen.data.mlm import mlm_blocks
+    from flaxen.runs import TOKENIZER_FILE, is_run_folder
+    from flaxen.text.tokenizer import load_tokenizer
+    from flaxen.train import Trainer, adamw
+
+    model = load_folder(folder)
+    tokenizer = load_tokenizer(folder / TOKENIZER_FILE if is_run_folder(folder) else folder)
+    max_length = recorded_data(folder).get("max_length") or min(model.config.max_positions, 128)
+    rows = mlm_blocks(files, tokenizer, max_length, encoding=encoding, validation_fraction=0).train
+    trainer = Trainer(model, adamw(1e-3), folder, batch_size=batch_size, seed=MLM_EVALUATION_SEED, progress=False)
+    return {"examples": len(rows), "max_length": max_length, **trainer.evaluate(rows)}
 
 
 def _check_labels(true_names: Sequence[str], label_names: Sequence[str], source: Path) -> np.ndarray:

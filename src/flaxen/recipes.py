@@ -24,7 +24,7 @@ from tokenizers import Tokenizer
 import flaxen
 from flaxen import distributed
 from flaxen import text as ftext
-from flaxen.data.text import wrap_rows
+from flaxen.data.mlm import mlm_blocks
 from flaxen.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification
 from flaxen.models.gpt import GPTConfig, GPTForCausalLM
 from flaxen.models.vit import ViTConfig, ViTForImageClassification
@@ -755,30 +755,6 @@ def evaluate_run(run_dir: str | Path, *, batch_size: int = 64) -> dict[str, Any]
         raise ValueError(f"the data of {run_dir} has no validation split to evaluate on")
     trainer = flaxen.Trainer(run.model, flaxen.train.adamw(1e-3), run.folder, batch_size=batch_size, progress=False)
     return {"run": str(run.folder), "checkpoint_step": run.step, **trainer.evaluate(splits.validation)}
-
-
-def mlm_blocks(files, tokenizer, max_length: int, *, encoding: str = "utf-8") -> DataSplits:
-    """[CLS] block [SEP] rows of exactly `max_length` tokens for MLM pretraining (documents end with [SEP]);
-    `files` may be a `TokenShards` folder instead, whose rows are then read from disk."""
-    if isinstance(files, flaxen.data.TokenShards) and files.meta["eos_token"] != "[SEP]":
-        raise ValueError(
-            f"{files.folder} ends its documents with {files.meta['eos_token']!r}, not [SEP]: it was not tokenized "
-            "with a WordPiece; tokenize with --kind wordpiece for BERT"
-        )
-    ids = ftext.special_token_ids(tokenizer)
-    if "cls" not in ids or "sep" not in ids:
-        raise ValueError("MLM pretraining needs a WordPiece tokenizer with [CLS] and [SEP]")
-    if isinstance(files, flaxen.data.TokenShards):
-        splits = files.blocks(max_length - 2, prefix=[ids["cls"]], suffix=[ids["sep"]])
-        return flaxen.data.DataSplits(splits.train, splits.validation, splits.info | {"max_length": max_length})
-    splits = flaxen.data.text_blocks(files, tokenizer, max_length - 2, eos_token="[SEP]", encoding=encoding)
-
-    def wrap(split: flaxen.data.ArrayDataset | None) -> flaxen.data.ArrayDataset | None:
-        if split is None:
-            return None
-        return flaxen.data.ArrayDataset(wrap_rows(split["token_ids"], [ids["cls"]], [ids["sep"]]))
-
-    return flaxen.data.DataSplits(wrap(splits.train), wrap(splits.validation), splits.info | {"max_length": max_length})
 
 
 def data_sized_vit(train_images: int) -> dict[str, Any]:

