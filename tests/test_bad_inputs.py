@@ -5,6 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import flaxen
@@ -88,12 +89,11 @@ def test_a_config_with_unknown_keys_is_refused(gpt_run, tmp_path, capsys):
 def test_a_tokenizer_that_does_not_match_the_model_is_refused(gpt_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(gpt_run, run)
-    bigger = flaxen.text.train_bpe(
-        iter(["a completely different text with other words " * 50]), vocab_size=600, min_frequency=1
-    )
     vocab = json.loads(flaxen.GPTConfig.from_json(run / "config.json").to_json())["vocab_size"]
-    if bigger.get_vocab_size() <= vocab:
-        pytest.skip("the stand-in tokenizer came out no larger than the model's vocabulary")
+    rng = np.random.default_rng(0)  # thousands of distinct made-up words: merges enough for any vocabulary asked
+    words = ["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), 5)) for _ in range(3000)]
+    bigger = flaxen.text.train_bpe(iter([" ".join(words)] * 3), vocab_size=vocab + 300, min_frequency=1)
+    assert bigger.get_vocab_size() > vocab
     flaxen.text.save_tokenizer(bigger, run)
     assert main(["generate", "--run", str(run), "--max-new-tokens", "4"]) == 2
     assert "different models" in one_error_line(capsys)

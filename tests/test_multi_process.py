@@ -40,10 +40,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start(arguments: list[str], devices: int, log: Path) -> subprocess.Popen:
+def start(arguments: list[str], devices: int, log: Path, heartbeat: int = HEARTBEAT_SECONDS) -> subprocess.Popen:
     env = os.environ | {
         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-        "FLAXEN_HEARTBEAT_TIMEOUT": str(HEARTBEAT_SECONDS),
+        "FLAXEN_HEARTBEAT_TIMEOUT": str(heartbeat),
     }
     with open(log, "ab") as output:
         return subprocess.Popen([str(FLAXEN), *arguments], env=env, stdout=output, stderr=subprocess.STDOUT)
@@ -72,9 +72,8 @@ def test_two_processes_train_like_one_and_resume_after_one_is_killed(tmp_path):
         assert all(process.poll() is None for process in processes), (tmp_path / "process0.log").read_text()[-2000:]
         time.sleep(0.05)
     processes[1].send_signal(signal.SIGKILL)
-    killed_at = time.monotonic()
-    survivor_code = processes[0].wait(timeout=120)
-    assert survivor_code != 0 and time.monotonic() - killed_at < 60
+    survivor_code = processes[0].wait(timeout=120)  # it stops (a hang fails here), by the heartbeat, as its log says
+    assert survivor_code != 0
     survivor_log = (tmp_path / "process0.log").read_text()
     assert "another task died" in survivor_log, survivor_log[-2000:]
     assert not (job / "model.safetensors").exists()  # it did not finish
@@ -109,10 +108,9 @@ def test_a_failure_in_process_zero_alone_stops_every_process_with_its_message(tm
         *coordinator,
     ]
     logs = [tmp_path / f"process{index}.log" for index in (0, 1)]
-    started = time.monotonic()
-    processes = [start([*arguments, "--process-id", str(index)], 1, logs[index]) for index in (0, 1)]
-    assert [process.wait(timeout=120) for process in processes] == [2, 2]
-    assert time.monotonic() - started < 60
+    # A heartbeat timeout far beyond the wait below: only the broadcast failure can end process 1 in time.
+    processes = [start([*arguments, "--process-id", str(index)], 1, logs[index], heartbeat=900) for index in (0, 1)]
+    assert [process.wait(timeout=240) for process in processes] == [2, 2]
     assert "latin.txt is not valid utf-8 text" in logs[0].read_text()
     assert "process 0 failed: " in logs[1].read_text() and "latin.txt is not valid utf-8 text" in logs[1].read_text()
     assert not (tmp_path / "run").exists()
