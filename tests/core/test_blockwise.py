@@ -70,9 +70,14 @@ def test_a_gpt_takes_the_blockwise_path_from_its_threshold_with_the_same_loss_an
 def test_blockwise_asked_for_with_a_mask_it_cannot_take_falls_back_to_the_reference():
     config = GPTConfig.tiny(vocab_size=64, attention_implementation="blockwise", attention_dropout=0.1)
     model = GPTForCausalLM(config, rngs=nnx.Rngs(0))  # DropKey's random mask is not a padding mask
-    token_ids = jnp.zeros((2, 8), jnp.int32)
+    reference = GPTForCausalLM(config.replace(attention_implementation="xla"), rngs=nnx.Rngs(0))
+    token_ids = jnp.asarray(np.random.default_rng(0).integers(0, 64, (2, 8)), jnp.int32)
     loss, _ = model.loss({"token_ids": token_ids}, rngs=nnx.Rngs(1))
-    assert np.isfinite(float(loss))
+    expected, _ = reference.loss({"token_ids": token_ids}, rngs=nnx.Rngs(1))  # the same keys dropped
+    np.testing.assert_allclose(float(loss), float(expected), rtol=1e-6)
+    reference.eval()
+    without_dropkey, _ = reference.loss({"token_ids": token_ids})
+    assert float(loss) != float(without_dropkey)  # DropKey was applied
 
 
 def test_unknown_attention_implementations_are_refused():

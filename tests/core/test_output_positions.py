@@ -103,6 +103,10 @@ def test_training_with_dropout_gives_finite_loss_and_gradients(execution):
     batch = {"token_ids": ids, "padding_mask": valid, "labels": jnp.asarray([0, 1, 1])}
     loss, grads = nnx.value_and_grad(lambda m: m.loss(batch, rngs=nnx.Rngs(dropout=1))[0])(model)
     assert np.isfinite(float(loss)) and all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
+    assert float(model.loss(batch, rngs=nnx.Rngs(dropout=1))[0]) == float(loss)  # the same keys, the same drops
+    assert float(model.loss(batch, rngs=nnx.Rngs(dropout=2))[0]) != float(loss)  # dropout is really drawn
+    model.eval()
+    assert float(model.loss(batch)[0]) != float(loss)
 
 
 @pytest.mark.parametrize("mask_shape", [(2, 1, 6, 6), (6, 6)], ids=["(B, 1, T, S)", "(T, S)"])

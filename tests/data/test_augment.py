@@ -88,9 +88,9 @@ def test_cutmix_pastes_a_box_and_both_alphas_zero_change_nothing():
     mixed, _ = mix_images(batch, targets, jax.random.key(1), mixup_alpha=0.0, cutmix_alpha=1.0)
     from_partner = np.isclose(np.asarray(mixed), np.asarray(jnp.roll(batch, 1, axis=0)))[..., 0]
     rows, cols = np.nonzero(from_partner[0])
-    if rows.size:  # the pasted pixels form one rectangle, the same in every image
-        box = from_partner[0][rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
-        assert box.all() and (from_partner == from_partner[0]).all()
+    assert rows.size  # this key pastes a box: its pixels form one rectangle, the same in every image
+    box = from_partner[0][rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    assert box.all() and (from_partner == from_partner[0]).all()
     unchanged = mix_images(batch, targets, jax.random.key(1), mixup_alpha=0.0, cutmix_alpha=0.0)
     np.testing.assert_array_equal(unchanged[0], batch)
     np.testing.assert_array_equal(unchanged[1], targets)

@@ -252,10 +252,13 @@ def test_refuses_to_resume_a_mismatched_run_folder(tmp_path):
     assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()][0] == 5
 
 
-def test_bfloat16_compute_keeps_float32_master_weights_and_learns(tmp_path):
+def test_bfloat16_compute_keeps_float32_master_weights_and_learns_as_float32_does(tmp_path):
     model = toy_model()
-    final = make_trainer(model, tmp_path, compute_dtype="bfloat16").fit(toy_data(), steps=40)
+    final = make_trainer(model, tmp_path / "bf16", compute_dtype="bfloat16").fit(toy_data(), steps=40)
     assert {leaf.dtype for leaf in params_of(model)} == {np.dtype("float32")}
+    reference = make_trainer(toy_model(), tmp_path / "fp32", compute_dtype="float32").fit(toy_data(), steps=40)
+    assert final["validation_loss"] != reference["validation_loss"]  # the arithmetic really was bf16
+    assert final["validation_loss"] == pytest.approx(reference["validation_loss"], rel=0.02)
     assert final["validation_accuracy"] > 0.8
 
 
