@@ -207,13 +207,23 @@ def test_predict_and_eval_images_and_language_model_scores(workspace, capsys):
     assert main(["predict", "--run", str(workspace["vit"]), "--images", str(workspace["images"] / "a")]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(records) == 12 and records[0]["path"].endswith("0.png") and records[0]["label"] in ("a", "b")
+    assert main(["predict", "--run", str(workspace["vit"]), "--images", str(workspace["images"])]) == 0
+    labelled = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    hits = [Path(record["path"]).parent.name == record["label"] for record in labelled]
     assert main(["eval", "--run", str(workspace["vit"]), "--images", str(workspace["images"])]) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["examples"] == 24
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["examples"] == len(labelled) == 24 and report["accuracy"] == pytest.approx(np.mean(hits))
     assert main(["eval", "--run", str(workspace["gpt"]), "--data", *workspace["texts"]]) == 0
     score = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert 0 < score["bits_per_character"] < 8 and score["perplexity"] == pytest.approx(np.exp(score["loss"]))
-    assert main(["predict", "--run", str(workspace["gpt"]), "--text", "the king and the queen"]) == 0
-    assert json.loads(capsys.readouterr().out)["tokens"] > 0
+    characters = sum(len(Path(text).read_text()) for text in workspace["texts"])
+    assert score["bits_per_character"] == pytest.approx(score["loss"] * score["tokens"] / np.log(2) / characters)
+    assert score["perplexity"] == pytest.approx(np.exp(score["loss"])) and score["loss"] < np.log(300)
+    from flaxen.runs import load_run
+
+    text = "the king and the queen"
+    assert main(["predict", "--run", str(workspace["gpt"]), "--text", text]) == 0
+    tokens = len(load_run(workspace["gpt"]).tokenizer.encode(text, add_special_tokens=False).ids)
+    assert json.loads(capsys.readouterr().out)["tokens"] == tokens - 1  # every token after the first is predicted
 
 
 def test_generate_from_a_hugging_face_gpt2_folder_with_either_tokenizer_layout(workspace, tmp_path, capsys):
