@@ -134,3 +134,29 @@ def test_decoding_in_rounds_gives_the_tokens_of_one_step_at_a_time(model, chunk,
     for request, tokens in zip(requests, expected):
         np.testing.assert_array_equal(generate_ids(model, prompt, **request), tokens)
     assert (expected[2][0, 2:] == requests[2]["eos_token_id"]).all()  # row 0 ended at its third token
+
+
+def test_decoding_compiles_once_for_every_prompt_of_a_shape_into_one_loop_program(model):
+    generate_module = importlib.import_module("flaxen.generate")
+
+    rng = np.random.default_rng(3)
+    generate_module._decode.clear_cache()
+    for _ in range(3):  # other prompts, other seeds: the same program
+        prompt = jnp.asarray(rng.integers(0, 512, (2, 5)), jnp.int32)
+        generate_ids(model, prompt, max_new_tokens=20, temperature=0.8, top_k=5, seed=int(rng.integers(100)))
+    assert generate_module._decode._cache_size() == 1
+    graphdef, state = nnx.split(model)
+    prompt = jnp.zeros((2, 5), jnp.int32)
+    text = generate_module._decode.lower(
+        graphdef,
+        state,
+        prompt,
+        jnp.ones((2, 5), bool),
+        jax.random.key(0),
+        max_new_tokens=20,
+        temperature=0.8,
+        top_k=5,
+        top_p=None,
+        eos_token_id=None,
+    ).as_text()
+    assert "stablehlo.while" in text  # the token loop is inside the one program: no host round trip a token

@@ -99,3 +99,13 @@ def test_the_published_sizes_are_the_published_models():
     assert size(vit) + (vit.patch_size,) == (768, 12, 12, 3072, 16)
     assert size(GPTConfig.from_preset("mini")) == (128, 4, 4, 512)  # `flaxen pretrain gpt`'s default
     assert BertConfig.from_preset("small").hidden_size == 256  # `flaxen pretrain bert`'s default
+
+
+def test_import_flaxen_leaves_the_data_and_training_stacks_for_first_use():
+    """`import flaxen` (and so `flaxen --help` and the command's relaunch) loads models, not the heavy stacks."""
+    heavy = ["datasets", "grain", "orbax", "matplotlib", "tensorboardX", "torch", "transformers", "flaxen.train"]
+    probe = f"import sys, flaxen; print([m for m in {heavy!r} if m in sys.modules])"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+    probe = "import sys, flaxen; flaxen.Trainer; print('flaxen.train' in sys.modules)"  # and on first use, there
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "True\n"

