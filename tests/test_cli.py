@@ -361,7 +361,7 @@ CASES = [
     "text shorter than a block",
     "missing label column",
     "more labels than the head",
-    "images of mixed sizes",
+    "a truncated image",
     "negative mixup",
     "resume a run of another model",
     "out folder holds a run",
