@@ -139,3 +139,39 @@ def test_the_environment_names_the_run_too(monkeypatch):
     monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
     with pytest.raises(ValueError, match="missing --coordinator, --process-id"):
         distributed.initialize()
+
+
+def test_two_processes_from_the_environment_train_their_tokenizer_once_and_match_one_process(tmp_path):
+    """The fast version of the slow test above: `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`
+    instead of flags; text files, so process 0 trains the BPE and hands it to process 1; the same weights as one
+    process with both processes' devices."""
+    rng = np.random.default_rng(1)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(rng.choice(WORDS, size=8)) for _ in range(300)))
+    train = ["pretrain", "gpt", "--preset", "tiny", "--context-length", "16", "--steps", "4", "--eval-every", "4"]
+    train += ["--batch-size", "4", "--vocab-size", "300", "--no-progress", "--no-tensorboard", "--data", str(corpus)]
+    one = start([*train, "--out", str(tmp_path / "one")], 2, tmp_path / "one.log")
+    assert one.wait(timeout=300) == 0, (tmp_path / "one.log").read_text()[-2000:]
+
+    address = f"localhost:{free_port()}"
+    processes = []
+    for index in (0, 1):
+        log = tmp_path / f"process{index}.log"
+        env = os.environ | {
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+            "FLAXEN_HEARTBEAT_TIMEOUT": str(HEARTBEAT_SECONDS),
+            "JAX_COORDINATOR_ADDRESS": address,
+            "JAX_NUM_PROCESSES": "2",
+            "JAX_PROCESS_ID": str(index),
+        }
+        with open(log, "ab") as output:
+            arguments = [str(FLAXEN), *train, "--out", str(tmp_path / "two")]
+            processes.append(subprocess.Popen(arguments, env=env, stdout=output, stderr=subprocess.STDOUT))
+    for index, process in enumerate(processes):
+        assert process.wait(timeout=300) == 0, (tmp_path / f"process{index}.log").read_text()[-2000:]
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["training"]["mesh"] == {"data": 2, "fsdp": 1}
+    assert (tmp_path / "two" / "tokenizer.json").read_text() == (tmp_path / "one" / "tokenizer.json").read_text()
+    expected, got = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    assert got.keys() == expected.keys()
+    for name in expected:
+        np.testing.assert_allclose(got[name], expected[name], atol=1e-5, rtol=0, err_msg=name)
