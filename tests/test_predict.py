@@ -185,3 +185,47 @@ def test_classification_report_equals_scikit_learn():
     np.testing.assert_allclose([report["per_class"][n]["recall"] for n in "abcd"], recall)
     assert [report["per_class"][n]["support"] for n in "abcd"] == support.tolist()
     np.testing.assert_allclose(report["accuracy"], np.mean(truth == predicted))
+
+
+def test_one_call_takes_files_folders_arrays_and_pil_images_in_their_order(image_classifier, tmp_path):
+    """The README's `classify(["a.png", "photos/", numpy_image, pil_image])`: every image, in the order given."""
+    rng = np.random.default_rng(5)
+    pixels = rng.integers(0, 256, (4, 8, 8), dtype=np.uint8)
+    Image.fromarray(pixels[0]).save(tmp_path / "a.png")
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(pixels[1]).save(tmp_path / "photos" / "b.png")
+    classify = ImageClassificationPipeline(image_classifier, mean=[0.4], std=[0.3])
+    records = classify([str(tmp_path / "a.png"), tmp_path / "photos", pixels[2], Image.fromarray(pixels[3])])
+    expected = jax.nn.softmax(image_classifier(normalize_images(pixels, mean=[0.4], std=[0.3], scale=1 / 255)), -1)
+    assert len(records) == 4
+    for record, probabilities in zip(records, np.asarray(expected)):
+        np.testing.assert_allclose([record["scores"][name] for name in ("cat", "dog")], probabilities, atol=1e-5)
+
+
+def test_a_table_is_labelled_row_by_row_as_its_texts(text_classifier, tmp_path):
+    model, tokenizer = text_classifier
+    texts = sentences(9, 4)
+    table = tmp_path / "new.csv"
+    table.write_text("id,review\n" + "".join(f"{i},{text}\n" for i, text in enumerate(texts)))
+    classify = TextClassificationPipeline(model, tokenizer, max_length=24)
+    assert classify.predict_table(table, text_column="review") == classify(texts)
+    with pytest.raises(ValueError, match="text"):
+        classify.predict_table(table)  # no "text" column
+
+
+def test_a_gpt_classifier_folder_gets_a_text_classification_pipeline(tmp_path):
+    from flaxen import GPTConfig, GPTForSequenceClassification
+    from flaxen.predict import pipeline
+
+    tokenizer = train_bpe(iter(sentences(100, 0)), vocab_size=300)
+    config = GPTConfig.tiny(vocab_size=300, num_labels=2, label_names=("no", "yes"), dropout=0.0)
+    model = GPTForSequenceClassification(config, rngs=nnx.Rngs(0))
+    model.save_pretrained(tmp_path / "model")
+    flaxen.text.save_tokenizer(tokenizer, tmp_path / "model")
+    classify = pipeline("text-classification", tmp_path / "model")
+    texts = sentences(3, 6, longest=12)
+    expected = []
+    for text in texts:  # one at a time, unpadded: the last real token's logits
+        ids = jnp.asarray([tokenizer.encode(text, add_special_tokens=False).ids])
+        expected.append(np.asarray(jax.nn.softmax(model(ids), -1))[0])
+    np.testing.assert_allclose(classify.probabilities(texts), np.stack(expected), atol=1e-5)
