@@ -15,6 +15,7 @@ from flax import nnx
 from flaxen.checkpoints import checkpoint_manager, restore_checkpoint, save_checkpoint
 from flaxen.core.config import ConfigMixin
 from flaxen.train import Trainer, TrainingDiverged, adamw, load_checkpoint
+from flaxen.train.metrics import read_metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -368,3 +369,20 @@ def test_auto_compute_dtype_is_bfloat16_on_accelerators_and_float32_on_cpu(monke
     for backend in ("gpu", "tpu"):
         monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
         assert resolve_compute_dtype("auto") == jnp.bfloat16
+
+
+def test_keep_checkpoints_and_eval_batches_do_what_they_say(tmp_path):
+    model = toy_model()
+    trainer = make_trainer(model, tmp_path, keep_checkpoints=1, eval_batches=2)
+    trainer.fit(toy_data(), steps=40)  # evaluations (and checkpoints) at 10, 20, 30, 40
+    kept = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    best = min(
+        (r for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "validation"), key=lambda r: r["loss"]
+    )["step"]
+    assert kept == sorted({40, best})  # the latest one, and the best
+    validation = toy_data().validation
+    first_two = ArrayDataset(validation.features[:64], validation.labels[:64])  # 2 batches of 32 of the 100 rows
+    recorded = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "validation"][-1]
+    judge = make_trainer(model, tmp_path / "other")
+    assert recorded["loss"] == pytest.approx(judge.evaluate(first_two)["loss"])
+    assert recorded["loss"] != pytest.approx(judge.evaluate(validation)["loss"])  # not all 100 rows
